@@ -1,0 +1,1 @@
+"""Subcommands of the ``editforge`` CLI, one module each (see ``editforge.cli``)."""

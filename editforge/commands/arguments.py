@@ -1,0 +1,65 @@
+"""Argument types shared by the subcommands: each rejects bad values with one clear message."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from editforge.errors import UsageError
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value = non_negative_int(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be 1 or more, got 0")
+    return value
+
+
+def unit_interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value:g}")
+    return value
+
+
+def image_size(text: str) -> tuple[int, int]:
+    """'WxH' (or a single number for a square) -> (width, height)."""
+    parts = text.lower().split("x")
+    try:
+        numbers = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 128x96, got {text!r}") from None
+    if len(numbers) == 1:
+        numbers *= 2
+    if len(numbers) != 2 or min(numbers) < 16 or max(numbers) > 4096:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT with sides from 16 to 4096, got {text!r}")
+    return numbers[0], numbers[1]
+
+
+def writable_dir(path: str | os.PathLike) -> Path:
+    """Create ``path`` if needed and check that files can be written in it."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{path} exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".editforge-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise UsageError(f"cannot write to {path}: {err.strerror or err}") from None
+    return path

@@ -1,0 +1,69 @@
+"""Distribution ``editforge``.
+
+The top-level folders ``pipelines/``, ``dataset_builders/``, ``training/`` and ``model_cards/``
+are installed as ``editforge.pipelines``, ``editforge.dataset_builders``, ``editforge.training``
+and ``editforge.model_cards``, beside the thin root package ``editforge/``.
+"""
+
+from setuptools import find_packages, setup
+
+# folder in the repository -> package name once installed
+MAPPED_FOLDERS = {
+    "pipelines": "editforge.pipelines",
+    "dataset_builders": "editforge.dataset_builders",
+    "training": "editforge.training",
+    "model_cards": "editforge.model_cards",
+}
+
+
+def _packages_and_dirs():
+    packages = ["editforge"] + [f"editforge.{p}" for p in find_packages(where="editforge")]
+    package_dir = {"editforge": "editforge"}
+    for folder, package in MAPPED_FOLDERS.items():
+        package_dir[package] = folder
+        packages.append(package)
+        packages += [f"{package}.{p}" for p in find_packages(where=folder)]
+    return packages, package_dir
+
+
+PACKAGES, PACKAGE_DIR = _packages_and_dirs()
+
+# Lower bounds are the versions the test suite has been run against.
+INSTALL_REQUIRES = [
+    "torch>=2.13.0",
+    "diffusers>=0.42.0",
+    "transformers>=5.23.0",
+    "datasets>=5.2.0",
+    "huggingface_hub>=2.4.0",
+    "peft>=0.21.0",
+    "accelerate>=1.15.0",
+    "openai>=3.54.0",
+    "safetensors>=0.8.0",
+    "pillow>=13.0.0",
+    "numpy>=2.4.0",
+    "tqdm>=4.70.0",
+]
+
+EXTRAS = {
+    "test": ["pytest>=9.0", "pytest-timeout>=2.4.0"],
+}
+
+setup(
+    name="editforge",
+    version="0.1.0",
+    description=(
+        "Instruction-based image editing and text-to-image alignment on the Hugging Face stack: "
+        "multi-reward conditioning, UltraEdit/OmniEdit data, EditNet, InstructEngine DPO."
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=PACKAGES,
+    package_dir=PACKAGE_DIR,
+    package_data={"editforge.model_cards": ["templates/*.md"]},
+    include_package_data=True,
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["editforge=editforge.cli:main"]},
+    license="Apache-2.0",
+)
