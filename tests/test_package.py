@@ -39,7 +39,7 @@ def test_plain_install_gives_working_imports(tmp_path):
     """`pip install .` (not editable) ships every mapped package with its files."""
     target = tmp_path / "site"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
          "--target", str(target), str(ROOT)],
         check=True, capture_output=True, cwd=tmp_path,
     )
