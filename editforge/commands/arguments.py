@@ -63,3 +63,20 @@ def writable_dir(path: str | os.PathLike) -> Path:
     except OSError as err:
         raise UsageError(f"cannot write to {path}: {err.strerror or err}") from None
     return path
+
+
+_SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def file_size(text: str) -> int:
+    """'500MB', '1GiB', '64KB' or a number of bytes -> bytes (the units ``datasets`` accepts)."""
+    import re
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
+    unit = match and match.group(2).upper()
+    if not match or unit not in _SIZE_UNITS:
+        raise argparse.ArgumentTypeError(f"expected a size such as 500MB, 1GiB or 1048576, got {text!r}")
+    size = int(float(match.group(1)) * _SIZE_UNITS[unit])
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 bytes, got {text!r}")
+    return size

@@ -1,0 +1,64 @@
+"""editforge build-dataset: turn an editing dataset on disk into a Hub-ready Parquet folder."""
+
+from __future__ import annotations
+
+from editforge.dataset_builders.formats import FORMATS
+
+from .arguments import file_size
+
+HELP = "Convert an editing or preference dataset on disk into a Hub-ready folder (Parquet shards + dataset card)."
+DEFAULT_MAX_SHARD_SIZE = "500MB"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument(
+        "--format", required=True, choices=list(FORMATS), metavar="FORMAT",
+        help="source layout: " + "; ".join(f"{name} ({what})" for name, (_, _, what) in FORMATS.items()),
+    )
+    parser.add_argument("src", metavar="SRC", help="the source folder or file")
+    parser.add_argument("out", metavar="OUT", help="the dataset folder to write (several configs can share it)")
+    parser.add_argument("--config", default="default", help="config name (default: default)")
+    parser.add_argument("--split", default="train", help="split name (default: train)")
+    parser.add_argument(
+        "--max-shard-size", type=file_size, default=DEFAULT_MAX_SHARD_SIZE, metavar="SIZE",
+        help=f"start a new Parquet shard past this many (uncompressed) bytes (default {DEFAULT_MAX_SHARD_SIZE})",
+    )
+    parser.add_argument(
+        "--on-error", choices=("fail", "skip"), default="fail",
+        help="a bad item (corrupt or missing image, wrong reward shape...) stops the build (fail, default) "
+             "or is left out and counted in the card (skip)",
+    )
+    parser.add_argument("--push-to-hub", metavar="REPO", help="then upload the folder as this Hub dataset repo")
+    options = parser.add_argument_group("options of some formats")
+    options.add_argument(
+        "--rewards-from", choices=("rewards", "ground_truth"),
+        help="manifest: take rewards from the judge's 'rewards' (default) or a synthetic manifest's 'ground_truth'",
+    )
+    options.add_argument("--images-dir", metavar="DIR", help="rewardedit20k: the InstructPix2Pix sample folders (default: beside the JSON)")
+    options.add_argument(
+        "--source-files", metavar="GLOB",
+        help="Parquet formats: shards to read, relative to SRC (e.g. 'data/dev-*.parquet'; default: all)",
+    )
+    options.add_argument("--provenance", metavar="NAME", help="dataset name recorded in provenance.dataset")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def run(args) -> int:
+    from editforge.dataset_builders.build import build_dataset, push_folder_to_hub
+
+    report = build_dataset(
+        args.format, args.src, args.out, config=args.config, split=args.split,
+        max_shard_size=args.max_shard_size, on_error=args.on_error, progress=not args.no_progress,
+        rewards_from=args.rewards_from, images_dir=args.images_dir, source_files=args.source_files,
+        provenance=args.provenance,
+    )
+    print(report.summary())
+    for item in report.skipped[:10]:
+        field = f" ({item['field']})" if item.get("field") else ""
+        print(f"  skipped {item['id']}{field}: {item['reason']}")
+    if report.num_skipped > 10:
+        print(f"  ... {report.num_skipped - 10} more skipped, listed in the dataset card")
+    if args.push_to_hub:
+        url = push_folder_to_hub(report.out, args.push_to_hub)
+        print(f"pushed to {args.push_to_hub}: {url}")
+    return 0
