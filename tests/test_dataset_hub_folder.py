@@ -1,0 +1,173 @@
+"""The Hub-ready folder: several configs side by side, rebuilt splits replace old shards, and an
+interrupted or killed build never leaves a dataset that loads as if whole."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from datasets import load_dataset
+from datasets.data_files import EmptyDatasetError
+
+import source_layouts as layouts
+from editforge.cli import main
+from editforge.dataset_builders.build import build_dataset
+from editforge.dataset_builders.builders import Manifest
+from editforge.dataset_builders.synthetic import write_synthetic_dataset
+from editforge.errors import UsageError
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("world")
+    write_synthetic_dataset(folder, n=210, seed=2, imperfect_rate=0.5, width=32, height=32, progress=False)
+    lines = (folder / "manifest.jsonl").read_text().splitlines()
+    (folder / "first10.jsonl").write_text("\n".join(lines[:10]) + "\n")
+    return folder
+
+
+def ids(out, config, split, tmp, streaming=False):
+    kwargs = {"streaming": True} if streaming else {"cache_dir": str(tmp / f"cache-{time.monotonic_ns()}")}
+    return sorted(row["id"] for row in load_dataset(str(out), config, split=split, **kwargs))
+
+
+def test_rebuilding_a_split_replaces_its_shards_and_keeps_the_others(tmp_path, world):
+    out = tmp_path / "out"
+    report = build_dataset("manifest", world, out, split="train", max_shard_size="20KB", progress=False)
+    assert len(report.shards) > 2
+    assert [p.name for p in report.shards][0] == f"train-00000-of-{len(report.shards):05d}.parquet"
+    build_dataset("manifest", world / "first10.jsonl", out, split="test", progress=False)
+
+    rebuilt = build_dataset("manifest", world / "first10.jsonl", out, split="train", progress=False)
+    assert [p.name for p in rebuilt.shards] == ["train-00000-of-00001.parquet"]
+    assert sorted(p.name for p in (out / "data").glob("*.parquet")) == ["test-00000-of-00001.parquet", "train-00000-of-00001.parquet"]
+    assert ids(out, "default", "train", tmp_path) == ids(out, "default", "test", tmp_path) == [f"synth-2-{i:06d}" for i in range(10)]
+    card = (out / "README.md").read_text()
+    assert card.count("num_examples: 10") == 2 and "num_examples: 210" not in card
+    assert not [p for p in out.iterdir() if p.name.startswith(".editforge-") and p.is_dir()]
+
+
+def test_a_config_of_other_features_is_refused(tmp_path, world):
+    out = tmp_path / "out"
+    build_dataset("manifest", world / "first10.jsonl", out, progress=False)
+    layouts.write_pickapic(tmp_path / "pickapic")
+    before = (out / "README.md").read_text()
+    with pytest.raises(UsageError, match="config 'default' .* holds rows with other features"):
+        build_dataset("pickapic", tmp_path / "pickapic", out, split="test", progress=False)
+    assert (out / "README.md").read_text() == before
+    build_dataset("pickapic", tmp_path / "pickapic", out, config="pairs", progress=False)
+    assert ids(out, "pairs", "train", tmp_path, streaming=True) == ["77000", "77001", "77002"]
+    assert len(ids(out, "default", "train", tmp_path)) == 10
+
+
+def test_keyboard_interrupt_publishes_nothing(tmp_path, world, monkeypatch):
+    from editforge.dataset_builders.builders import base
+
+    calls = {"n": 0}
+    real = base.load_image
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 15:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(base, "load_image", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build_dataset("manifest", world, tmp_path / "fresh", progress=False)
+    assert not (tmp_path / "fresh").exists()
+
+    monkeypatch.setattr(base, "load_image", real)
+    build_dataset("manifest", world / "first10.jsonl", tmp_path / "out", progress=False)
+    before = sorted(p.name for p in (tmp_path / "out").rglob("*"))
+    monkeypatch.setattr(base, "load_image", interrupted)
+    calls["n"] = 0
+    with pytest.raises(KeyboardInterrupt):
+        build_dataset("manifest", world, tmp_path / "out", progress=False)
+    assert sorted(p.name for p in (tmp_path / "out").rglob("*")) == before
+
+
+KILLABLE_BUILD = """
+import sys, time
+from editforge.dataset_builders.builders import base
+real = base.load_image
+def slow(*args, **kwargs):
+    time.sleep(0.004)
+    return real(*args, **kwargs)
+base.load_image = slow
+from editforge.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def start_and_kill_mid_build(out, *args):
+    process = subprocess.Popen(
+        [sys.executable, "-c", KILLABLE_BUILD, "build-dataset", *args, str(out), "--no-progress",
+         "--max-shard-size", "30KB"],
+    )
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            if len(list(out.glob(".editforge-staging-*/prepared*/*.parquet"))) >= 2:
+                break  # one shard complete, the next one being written
+            assert process.poll() is None, "the build ended before it could be killed"
+            time.sleep(0.05)
+        else:
+            pytest.fail("no second shard was started within 60 s")
+    finally:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def test_a_killed_build_never_loads_as_if_whole(tmp_path, world):
+    fresh = tmp_path / "fresh"
+    start_and_kill_mid_build(fresh, "--format", "manifest", str(world))
+    assert len(list(fresh.glob(".editforge-staging-*/prepared*/*.parquet"))) >= 2  # shards exist...
+    with pytest.raises(EmptyDatasetError, match="doesn't contain any data files"):  # ...but nothing loads
+        load_dataset(str(fresh), split="train", cache_dir=str(tmp_path / "cache"))
+
+    out = tmp_path / "out"
+    build_dataset("manifest", world / "first10.jsonl", out, progress=False)
+    start_and_kill_mid_build(out, "--format", "manifest", str(world))
+    assert ids(out, "default", "train", tmp_path) == [f"synth-2-{i:06d}" for i in range(10)]
+    # the next build cleans up after the killed one
+    build_dataset("manifest", world, out, progress=False)
+    assert len(ids(out, "default", "train", tmp_path, streaming=True)) == 210
+    assert not [p for p in out.iterdir() if p.name.startswith(".editforge-staging")]
+
+
+def test_push_to_hub_uploads_the_folder(tmp_path, world, monkeypatch):
+    import huggingface_hub
+
+    calls = []
+
+    class RecordingApi:
+        def create_repo(self, repo_id, **kwargs):
+            calls.append(("create_repo", repo_id, kwargs))
+
+        def upload_folder(self, **kwargs):
+            calls.append(("upload_folder", kwargs))
+            assert (tmp_path / "out" / "README.md").is_file()  # built before it is uploaded
+            return "https://huggingface.co/datasets/org/name/commit/abc"
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", RecordingApi)
+    code = main(["build-dataset", "--format", "manifest", str(world / "first10.jsonl"), str(tmp_path / "out"),
+                 "--push-to-hub", "org/name", "--no-progress"])
+    assert code == 0
+    assert calls[0] == ("create_repo", "org/name", {"repo_type": "dataset", "exist_ok": True, "private": None})
+    upload = calls[1][1]
+    assert upload["repo_id"] == "org/name" and upload["repo_type"] == "dataset"
+    assert upload["folder_path"] == str(tmp_path / "out")
+    assert ".editforge-staging-*" in upload["ignore_patterns"] and upload["delete_patterns"] == ["*.parquet"]
+
+
+def test_builders_work_in_process_like_any_datasets_builder(tmp_path, world):
+    builder = Manifest(cache_dir=str(tmp_path / "cache"), data_dir=str(world / "first10.jsonl"),
+                       split="validation", rewards_from="ground_truth")
+    builder.download_and_prepare()
+    dataset = builder.as_dataset(split="validation")
+    assert len(dataset) == 10 and dataset[0]["rewards"] is not None
+    streamed = next(iter(builder.as_streaming_dataset(split="validation")))
+    assert streamed["id"] == dataset[0]["id"] and streamed["source_image"].size == (32, 32)
