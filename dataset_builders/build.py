@@ -26,7 +26,7 @@ from editforge.errors import UsageError
 
 from .errors import ItemError
 from .formats import builder_class
-from .hub_folder import DEFAULT_CONFIG, DEFAULT_CONFIG_DIR, SCRATCH_PATTERNS, HubFolder
+from .hub_folder import DEFAULT_CONFIG, DEFAULT_CONFIG_DIR, SCRATCH_PATTERNS, HubFolder, config_dir_name
 
 DEFAULT_MAX_SHARD_SIZE = "500MB"
 CONFIG_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -154,6 +154,9 @@ def build_dataset(
         raise UsageError(f"the source {src} does not exist")
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out} exists and is not a folder")
+    config_dir = out / config_dir_name(config)
+    if config_dir.exists() and not config_dir.is_dir():
+        raise UsageError(f"config {config!r} would be the folder {config_dir}, which is a file; choose another --config")
 
     created = not out.exists()
     folder = HubFolder(out)

@@ -36,9 +36,5 @@ class ItemError(UsageError):
         where = f" ({field})" if field else ""
         super().__init__(f"item {self.item_id!r}{where}: {reason}")
 
-    def with_item_id(self, item_id: str) -> "ItemError":
-        """The same problem attributed to ``item_id`` (helpers that see no id raise with a placeholder)."""
-        return ItemError(item_id, self.kind, self.reason, self.field)
-
     def to_dict(self) -> dict:
         return {"id": self.item_id, "kind": self.kind, "field": self.field, "reason": self.reason}

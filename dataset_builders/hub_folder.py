@@ -3,6 +3,8 @@
 Layout (the one ``Dataset.push_to_hub`` writes)::
 
     OUT/README.md                              YAML `configs:` + `dataset_info`, then the card
+                                               (the generated part between markers; text people
+                                               add around it and other YAML keys are kept)
     OUT/data/train-00000-of-00002.parquet      config "default"
     OUT/<config>/<split>-00000-of-00001.parquet other configs
     OUT/<config dir>/.editforge-<split>.json   what the build of that split wrote and skipped
@@ -44,6 +46,9 @@ DEFAULT_CONFIG_DIR = "data"
 HIDDEN_PREFIX = ".editforge-"
 LOCK_NAME = ".editforge.lock"
 # Scratch folders of builds in progress: never part of a published dataset.
+# The generated part of the card sits between these; text around them is the user's and is kept.
+CARD_BEGIN = "<!-- editforge build-dataset: generated, rewritten by every build -->"
+CARD_END = "<!-- editforge build-dataset: end of generated text -->"
 SCRATCH_PATTERNS = (".editforge-staging-*", ".editforge-new-*", ".editforge-trash-*", LOCK_NAME)
 
 
@@ -61,6 +66,18 @@ def stats_name(split: str) -> str:
 
 def _belongs_to_split(file_name: str, split: str) -> bool:
     return (file_name.startswith(f"{split}-") and file_name.endswith(".parquet")) or file_name == stats_name(split)
+
+
+def merge_card_text(existing: str, generated: str) -> str:
+    """The README text with the generated part replaced (or appended); what people wrote is kept."""
+    block = f"{CARD_BEGIN}\n{generated.strip()}\n{CARD_END}\n"
+    if CARD_BEGIN in existing and CARD_END in existing:
+        before, rest = existing.split(CARD_BEGIN, 1)
+        after = rest.split(CARD_END, 1)[1]
+        return before + block + after.lstrip("\n")
+    if existing.strip():
+        return existing.rstrip() + "\n\n" + block
+    return block
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
@@ -99,14 +116,19 @@ class HubFolder:
 
     # -- reading ------------------------------------------------------------------------------
 
-    def card_data(self) -> DatasetCardData:
+    def _card(self) -> tuple[DatasetCardData, str]:
+        """The README's YAML header and its text (empty for a folder without README)."""
         readme = self.root / README_NAME
         if not readme.is_file():
-            return DatasetCardData()
+            return DatasetCardData(), ""
         try:
-            return DatasetCard.load(readme).data
+            card = DatasetCard.load(readme)
         except Exception as err:  # malformed YAML and the like, from huggingface_hub
             raise UsageError(f"{readme}: cannot read its YAML header ({err})") from None
+        return card.data, card.text
+
+    def card_data(self) -> DatasetCardData:
+        return self._card()[0]
 
     def infos(self) -> DatasetInfosDict:
         return DatasetInfosDict.from_dataset_card_data(self.card_data())
@@ -198,7 +220,7 @@ class HubFolder:
         return [final / name for name in names]
 
     def _write_readme(self, config, split, dir_name, features, num_bytes, num_examples, render_card) -> None:
-        card_data = self.card_data()
+        card_data, text = self._card()
         infos = DatasetInfosDict.from_dataset_card_data(card_data)
         configs = MetadataConfigs.from_dataset_card_data(card_data)
 
@@ -227,5 +249,5 @@ class HubFolder:
         DatasetInfosDict(sorted(infos.items())).to_dataset_card_data(card_data)
         MetadataConfigs(configs).to_dataset_card_data(card_data)
         # the body describes what is on disk now, including the split just moved in
-        body = render_card(self.split_records(configs))
+        body = merge_card_text(text, render_card(self.split_records(configs)))
         _write_atomically(self.root / README_NAME, f"---\n{card_data.to_yaml()}\n---\n\n{body}")

@@ -62,7 +62,7 @@ def test_a_config_of_other_features_is_refused(tmp_path, world):
     assert len(ids(out, "default", "train", tmp_path)) == 10
 
 
-def test_keyboard_interrupt_publishes_nothing(tmp_path, world, monkeypatch):
+def test_keyboard_interrupt_publishes_nothing(tmp_path, world, monkeypatch, capsys):
     from editforge.dataset_builders.builders import base
 
     calls = {"n": 0}
@@ -86,6 +86,10 @@ def test_keyboard_interrupt_publishes_nothing(tmp_path, world, monkeypatch):
     calls["n"] = 0
     with pytest.raises(KeyboardInterrupt):
         build_dataset("manifest", world, tmp_path / "out", progress=False)
+    assert sorted(p.name for p in (tmp_path / "out").rglob("*")) == before
+    calls["n"] = 0
+    assert main(["build-dataset", "--format", "manifest", str(world), str(tmp_path / "out"), "--no-progress"]) == 130
+    assert "interrupted; nothing was published" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "out").rglob("*")) == before
 
 
@@ -171,3 +175,23 @@ def test_builders_work_in_process_like_any_datasets_builder(tmp_path, world):
     assert len(dataset) == 10 and dataset[0]["rewards"] is not None
     streamed = next(iter(builder.as_streaming_dataset(split="validation")))
     assert streamed["id"] == dataset[0]["id"] and streamed["source_image"].size == (32, 32)
+
+
+def test_the_card_keeps_what_people_wrote(tmp_path, world):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "README.md").write_text("---\nlicense: cc-by-4.0\npretty_name: My edits\n---\n\n# My edits\n\nHand-written notes.\n")
+    build_dataset("manifest", world / "first10.jsonl", out, progress=False)
+    build_dataset("manifest", world / "first10.jsonl", out, config="again", progress=False)
+    card = (out / "README.md").read_text()
+    assert "license: cc-by-4.0" in card and "pretty_name: My edits" in card
+    assert card.index("Hand-written notes.") < card.index("## Contents")
+    assert card.count("## Contents") == 1 and "| `again` | `train` |" in card and "| `default` | `train` |" in card
+
+
+def test_bad_shard_size_is_a_one_line_usage_error(tmp_path, world, capsys):
+    with pytest.raises(SystemExit) as caught:
+        main(["build-dataset", "--format", "manifest", str(world), str(tmp_path / "out"), "--max-shard-size", "12XB"])
+    assert caught.value.code == 2
+    assert "--max-shard-size: expected a size such as 500MB" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from editforge.dataset_builders.formats import FORMATS
 
 from .arguments import file_size
@@ -46,12 +48,17 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from editforge.dataset_builders.build import build_dataset, push_folder_to_hub
 
-    report = build_dataset(
-        args.format, args.src, args.out, config=args.config, split=args.split,
-        max_shard_size=args.max_shard_size, on_error=args.on_error, progress=not args.no_progress,
-        rewards_from=args.rewards_from, images_dir=args.images_dir, source_files=args.source_files,
-        provenance=args.provenance,
-    )
+    try:
+        report = build_dataset(
+            args.format, args.src, args.out, config=args.config, split=args.split,
+            max_shard_size=args.max_shard_size, on_error=args.on_error, progress=not args.no_progress,
+            rewards_from=args.rewards_from, images_dir=args.images_dir, source_files=args.source_files,
+            provenance=args.provenance,
+        )
+    except KeyboardInterrupt:
+        print(f"editforge build-dataset: interrupted; nothing was published to {args.out} "
+              "(what was there before is unchanged); run the same command to build again", file=sys.stderr)
+        return 130
     print(report.summary())
     for item in report.skipped[:10]:
         field = f" ({item['field']})" if item.get("field") else ""
