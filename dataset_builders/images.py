@@ -8,8 +8,9 @@ Every image a builder writes goes through :func:`load_image`, which
   alpha (RGBA, LA, PA, palette or colour-key transparency) is composited over white for
   pictures and over black for masks; greyscale and bilevel are replicated to three channels;
   16-bit greyscale (``I;16*``, and ``I`` holding values above 255) is scaled to 8 bits with
-  ``round(v / 257)``; palette, CMYK and YCbCr go through Pillow's conversion; an EXIF
-  orientation is applied (as ``datasets`` does when it decodes) and dropped;
+  ``round(v / 257)``; palette, CMYK, YCbCr, RGBX and HSV go through Pillow's conversion (other
+  modes, e.g. 32-bit float, are reported); an EXIF orientation is applied (as ``datasets``
+  does when it decodes) and dropped;
 - keeps the original bytes when nothing needed converting (an RGB JPEG stays the same JPEG,
   so decoding the dataset gives exactly the pixels of the source file), and otherwise stores a
   lossless PNG of the converted pixels.
@@ -163,7 +164,7 @@ def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
         return _flatten_alpha(image, WHITE)
     if image.mode in SIXTEEN_BIT_MODES:
         return _sixteen_to_eight(image).convert("RGB")
-    if image.mode in ("L", "1", "P", "CMYK", "YCbCr"):
+    if image.mode in ("L", "1", "P", "CMYK", "YCbCr", "RGBX", "HSV"):
         return image.convert("RGB")
     raise ValueError(f"unsupported image mode {image.mode!r}")
 
@@ -176,7 +177,7 @@ def to_mask(image: PIL.Image.Image) -> PIL.Image.Image:
         return _flatten_alpha(image, BLACK).convert("L")
     if image.mode in SIXTEEN_BIT_MODES:
         return _sixteen_to_eight(image)
-    if image.mode in ("RGB", "1", "P", "CMYK", "YCbCr"):
+    if image.mode in ("RGB", "1", "P", "CMYK", "YCbCr", "RGBX"):
         return image.convert("L")
     raise ValueError(f"unsupported mask mode {image.mode!r}")
 

@@ -8,7 +8,7 @@ A source layout is a :class:`EditforgeBuilder` subclass that says how to walk th
 
 They are ordinary ``datasets`` builders and work in-process::
 
-    builder = MagicBrushBuilder(data_dir="MagicBrush/", split="dev", source_files="data/dev-*.parquet")
+    builder = MagicBrush(data_dir="MagicBrush/", split="dev", source_files="data/dev-*.parquet")
     builder.download_and_prepare()
     ds = builder.as_dataset(split="dev")            # or builder.as_streaming_dataset(split="dev")
 
