@@ -4,15 +4,16 @@
                            source_files="data/dev-*.parquet")
     ds = load_dataset("out/", "magicbrush", split="dev")
 
-The builder streams the source into Parquet shards (100 rows per row group, a new shard past
-``max_shard_size``) in a hidden scratch folder inside ``out``; only a complete build is moved in
-(:class:`~.hub_folder.HubFolder`). On a bad item ``on_error="fail"`` stops with the item's id and
-reason and publishes nothing; ``"skip"`` leaves it out and the card counts it.
+The layout's builder converts the source item by item and :class:`~.shard_writer.ShardWriter`
+streams the rows into Parquet shards (100 rows per row group, a new shard past
+``max_shard_size``) in a hidden scratch folder inside ``out``, journalled so that a stopped build
+resumes; only a complete build is moved in (:class:`~.hub_folder.HubFolder`). On a bad item
+``on_error="fail"`` stops with the item's id and reason and publishes nothing; ``"skip"`` leaves
+it out and the card counts it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import re
@@ -27,6 +28,7 @@ from editforge.errors import UsageError
 from .errors import ItemError
 from .formats import builder_class
 from .hub_folder import DEFAULT_CONFIG, DEFAULT_CONFIG_DIR, SCRATCH_PATTERNS, HubFolder, config_dir_name
+from .shard_writer import ShardWriter, source_stamp
 
 DEFAULT_MAX_SHARD_SIZE = "500MB"
 CONFIG_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -48,6 +50,7 @@ class BuildReport:
     tasks: dict = field(default_factory=dict)
     shards: list[Path] = field(default_factory=list)
     seconds: float = 0.0
+    resumed_from: int = 0  # source items an earlier, stopped run of the same build had written
 
     @property
     def num_skipped(self) -> int:
@@ -70,9 +73,10 @@ class BuildReport:
         if self.skipped:
             kinds = ", ".join(f"{k} {v}" for k, v in sorted(self.skipped_by_kind.items()))
             skipped = f"; skipped {self.num_skipped} ({kinds})"
+        resumed = f"; resumed after {self.resumed_from} items written by an earlier run" if self.resumed_from else ""
         return (
             f"wrote {self.num_examples} examples to {self.out} (config {self.config!r}, split {self.split!r}, "
-            f"{len(self.shards)} shard(s), {self.num_bytes / 1e6:.1f} MB) in {self.seconds:.1f}s{skipped}"
+            f"{len(self.shards)} shard(s), {self.num_bytes / 1e6:.1f} MB) in {self.seconds:.1f}s{skipped}{resumed}"
         )
 
 
@@ -97,29 +101,6 @@ def _builder_options(cls, options: dict) -> dict:
     return {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in options.items()}
 
 
-@contextlib.contextmanager
-def _progress_bars(enabled: bool):
-    from datasets.utils.tqdm import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
-
-    was_disabled = are_progress_bars_disabled()
-    if not enabled:
-        disable_progress_bars()
-    try:
-        yield
-    finally:
-        if not was_disabled:
-            enable_progress_bars()
-
-
-def _generation_failure(err: BaseException) -> BaseException:
-    """The error a builder raised, out of the wrapping ``datasets`` puts around it."""
-    from datasets.exceptions import DatasetGenerationError
-
-    while isinstance(err, DatasetGenerationError) and err.__cause__ is not None:
-        err = err.__cause__
-    return err
-
-
 def build_dataset(
     format: str,
     src: str | os.PathLike,
@@ -135,10 +116,12 @@ def build_dataset(
 
     ``builder_options`` are the layout's own options: ``rewards_from`` (manifest),
     ``images_dir`` (rewardedit20k), ``source_files`` (Parquet layouts), ``provenance`` (all).
-    Raises UsageError (an ItemError for a bad item with ``on_error="fail"``); ``out`` is then
-    left as it was (and removed if this call created it).
+    Raises UsageError (an ItemError for a bad item with ``on_error="fail"``); nothing is then
+    published and ``out`` loads as it did before. Complete shards of a stopped build (error,
+    Ctrl-C, kill) stay in a hidden scratch folder and the same call later resumes after them.
     """
     from datasets.utils.py_utils import convert_file_size_to_int
+    from tqdm.auto import tqdm
 
     cls = builder_class(format)
     _check_names(config, split)
@@ -158,56 +141,70 @@ def build_dataset(
     if config_dir.exists() and not config_dir.is_dir():
         raise UsageError(f"config {config!r} would be the folder {config_dir}, which is a file; choose another --config")
 
-    created = not out.exists()
     folder = HubFolder(out)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    staging = None
-    builder = None
+    staging = folder.staging_dir(config, split)
+    builder = writer = None
     try:
-        staging = folder.staging_dir(config, split)
+        shutil.rmtree(staging / "cache", ignore_errors=True)
         builder = cls(
             cache_dir=str(staging / "cache"), config_name=config, data_dir=str(src),
             split=split, on_error=on_error, **options,
         )
-        folder.check_features(config, builder.info.features)
+        features = builder.info.features
+        folder.check_features(config, features)
+        signature = {
+            "format": format, "options": options, "source": source_stamp(builder.source_files(src)),
+            "features": features.to_dict(),
+        }
+        writer = ShardWriter(staging / "shards", features, max_shard_bytes, signature, builder.KIND)
         start = time.perf_counter()
-        with _progress_bars(progress):
-            builder.download_and_prepare(str(staging / "prepared"), file_format="parquet", max_shard_size=max_shard_bytes)
+        consumed = writer.consumed
+        with tqdm(
+            total=builder.count_items(src), initial=consumed, unit=" items", desc=f"build-dataset {config}/{split}",
+            disable=not progress,
+        ) as bar:
+            for example in builder.iter_examples(src, writer.stats, skip=consumed):
+                if example is not None:
+                    writer.write(example)
+                consumed += 1
+                writer.item_done(consumed)
+                bar.update(1)
+        shards, num_bytes = writer.finish(consumed)
         seconds = time.perf_counter() - start
-        stats = builder.stats
+        stats = writer.stats
         if stats.num_examples == 0:
             left_out = f"; all {len(stats.skipped)} items were skipped" if stats.skipped else ""
             raise UsageError(f"the source {src} gave no examples{left_out}; nothing was written")
-        shards = sorted((staging / "prepared").glob("*.parquet"))
         from .dataset_card import render_card
 
         published = folder.publish(
-            config=config, split=split, format=format, shards=shards, features=builder.info.features,
-            num_bytes=builder.info.splits[split].num_bytes, stats=stats,
+            config=config, split=split, format=format, shards=shards, features=features,
+            num_bytes=num_bytes, stats=stats,
             render_card=lambda records: render_card(records, title=out.resolve().name),
         )
-    except Exception as err:
-        cause = _generation_failure(err)
-        if isinstance(cause, ItemError):
-            done = getattr(builder, "stats", None)
-            written = done.num_examples if done is not None else 0
+    except BaseException as err:
+        kept = 0
+        if writer is not None:
+            writer.abandon()
+            kept = writer.consumed
+        if not kept:  # nothing worth resuming: leave no trace
+            shutil.rmtree(out if created else staging, ignore_errors=True)
+        if isinstance(err, ItemError) and writer is not None:
+            resume = f"; the {kept} item(s) in complete shards are kept and a rerun continues after them" if kept else ""
             raise ItemError(
-                cause.item_id, cause.kind,
-                f"{cause.reason}; the build stopped after {written} good item(s) and published nothing "
-                "(--on-error skip leaves such items out)",
-                cause.field,
+                err.item_id, err.kind,
+                f"{err.reason}; the build stopped after {writer.stats.num_examples} good item(s) and published "
+                f"nothing{resume} (--on-error skip leaves such items out)",
+                err.field,
             ) from None
-        if isinstance(cause, UsageError):
-            raise cause from None
         raise
-    finally:
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
-        if created and not (out / "README.md").exists():
-            shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(staging, ignore_errors=True)
     return BuildReport(
         format=format, out=out, config=config, split=split, num_examples=stats.num_examples,
         skipped=list(stats.skipped), tasks=dict(stats.tasks), shards=published, seconds=seconds,
+        resumed_from=writer.resumed_from,
     )
 
 

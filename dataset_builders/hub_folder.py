@@ -165,11 +165,9 @@ class HubFolder:
     # -- writing ------------------------------------------------------------------------------
 
     def staging_dir(self, config: str, split: str) -> Path:
-        """A fresh hidden scratch folder for one build (a leftover of an interrupted one is removed)."""
+        """The hidden scratch folder of the build of ``config``/``split`` (kept across runs to resume)."""
         path = self.root / f"{HIDDEN_PREFIX}staging-{config}-{split}"
-        if path.exists():
-            shutil.rmtree(path)
-        path.mkdir(parents=True)
+        path.mkdir(parents=True, exist_ok=True)
         return path
 
     def publish(

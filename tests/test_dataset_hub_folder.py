@@ -114,7 +114,7 @@ def start_and_kill_mid_build(out, *args):
     deadline = time.monotonic() + 60
     try:
         while time.monotonic() < deadline:
-            if len(list(out.glob(".editforge-staging-*/prepared*/*.parquet"))) >= 2:
+            if len(list(out.glob(".editforge-staging-*/shards/shard-*.parquet*"))) >= 2:
                 break  # one shard complete, the next one being written
             assert process.poll() is None, "the build ended before it could be killed"
             time.sleep(0.05)
@@ -128,7 +128,7 @@ def start_and_kill_mid_build(out, *args):
 def test_a_killed_build_never_loads_as_if_whole(tmp_path, world):
     fresh = tmp_path / "fresh"
     start_and_kill_mid_build(fresh, "--format", "manifest", str(world))
-    assert len(list(fresh.glob(".editforge-staging-*/prepared*/*.parquet"))) >= 2  # shards exist...
+    assert len(list(fresh.glob(".editforge-staging-*/shards/shard-*.parquet*"))) >= 2  # shards exist...
     with pytest.raises(EmptyDatasetError, match="doesn't contain any data files"):  # ...but nothing loads
         load_dataset(str(fresh), split="train", cache_dir=str(tmp_path / "cache"))
 
@@ -136,9 +136,11 @@ def test_a_killed_build_never_loads_as_if_whole(tmp_path, world):
     build_dataset("manifest", world / "first10.jsonl", out, progress=False)
     start_and_kill_mid_build(out, "--format", "manifest", str(world))
     assert ids(out, "default", "train", tmp_path) == [f"synth-2-{i:06d}" for i in range(10)]
-    # the next build cleans up after the killed one
-    build_dataset("manifest", world, out, progress=False)
-    assert len(ids(out, "default", "train", tmp_path, streaming=True)) == 210
+    # the same build again resumes after the killed one's complete shards, and cleans up
+    report = build_dataset("manifest", world, out, progress=False, max_shard_size="30KB")
+    assert report.resumed_from in (100, 200)
+    streamed = [row["id"] for row in load_dataset(str(out), "default", split="train", streaming=True)]
+    assert streamed == [f"synth-2-{i:06d}" for i in range(210)]
     assert not [p for p in out.iterdir() if p.name.startswith(".editforge-staging")]
 
 
@@ -195,3 +197,58 @@ def test_bad_shard_size_is_a_one_line_usage_error(tmp_path, world, capsys):
     assert caught.value.code == 2
     assert "--max-shard-size: expected a size such as 500MB" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_stopped_build_resumes_after_its_complete_shards(tmp_path, world, monkeypatch):
+    from editforge.dataset_builders.builders import base
+
+    real = base.load_image
+    seen = []
+
+    def counting(source, *, item_id, field, mask=False):
+        seen.append(item_id)
+        if item_id == "synth-2-000150" and field == "source_image" and stop["now"]:
+            raise KeyboardInterrupt
+        return real(source, item_id=item_id, field=field, mask=mask)
+
+    stop = {"now": True}
+    monkeypatch.setattr(base, "load_image", counting)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        build_dataset("manifest", world, out, max_shard_size="30KB", progress=False)
+    assert not (out / "README.md").exists()
+    stop["now"], seen[:] = False, []
+    report = build_dataset("manifest", world, out, max_shard_size="30KB", progress=False)
+    assert report.resumed_from == 100 and report.num_examples == 210
+    assert min(seen) == "synth-2-000100"  # items 0..99 were not converted again
+    clean = build_dataset("manifest", world, tmp_path / "clean", max_shard_size="30KB", progress=False)
+    assert clean.resumed_from == 0
+    resumed_rows = list(load_dataset(str(out), split="train", streaming=True))
+    clean_rows = list(load_dataset(str(tmp_path / "clean"), split="train", streaming=True))
+    assert [r["id"] for r in resumed_rows] == [r["id"] for r in clean_rows]
+    assert all(a["rewards"] == b["rewards"] and a["source_image"].tobytes() == b["source_image"].tobytes()
+               for a, b in zip(resumed_rows, clean_rows))
+    assert (out / "README.md").read_text().split("---\n", 2)[2] == (tmp_path / "clean" / "README.md").read_text().split("---\n", 2)[2].replace("# clean", "# out")
+
+
+def test_a_changed_source_starts_over(tmp_path, world, monkeypatch):
+    from editforge.dataset_builders.builders import base
+
+    real = base.load_image
+
+    def stop_at_150(source, *, item_id, field, mask=False):
+        if item_id == "synth-2-000150":
+            raise KeyboardInterrupt
+        return real(source, item_id=item_id, field=field, mask=mask)
+
+    source = tmp_path / "manifest.jsonl"
+    source.write_text((world / "manifest.jsonl").read_text())
+    for name in ("images",):
+        (tmp_path / name).symlink_to(world / name)
+    monkeypatch.setattr(base, "load_image", stop_at_150)
+    with pytest.raises(KeyboardInterrupt):
+        build_dataset("manifest", source, tmp_path / "out", max_shard_size="30KB", progress=False)
+    monkeypatch.setattr(base, "load_image", real)
+    source.write_text((world / "first10.jsonl").read_text())  # the source changed meanwhile
+    report = build_dataset("manifest", source, tmp_path / "out", max_shard_size="30KB", progress=False)
+    assert report.resumed_from == 0 and report.num_examples == 10

@@ -12,8 +12,9 @@ They are ordinary ``datasets`` builders and work in-process::
     builder.download_and_prepare()
     ds = builder.as_dataset(split="dev")            # or builder.as_streaming_dataset(split="dev")
 
-``editforge build-dataset`` (:func:`editforge.dataset_builders.build.build_dataset`) runs them
-and publishes the Parquet result as a Hub dataset folder.
+``editforge build-dataset`` (:func:`editforge.dataset_builders.build.build_dataset`) runs the
+same conversion through :meth:`EditforgeBuilder.iter_examples`, writes resumable Parquet shards
+and publishes them as a Hub dataset folder.
 """
 
 from __future__ import annotations
@@ -101,25 +102,50 @@ class EditforgeBuilder(datasets.GeneratorBasedBuilder):
     def _generate_examples(self, source: str):
         self.stats = BuildStats(kind=self.KIND)
         for key, item_id, raw in self._iter_items(Path(source)):
-            try:
-                example = self._make_example(item_id, raw)
-            except ItemError as err:
-                if self.config.on_error != "skip":
-                    raise
-                logger.info("skipped %s", err)
-                self.stats.add_skipped(err)
-                continue
-            self.stats.add_example(example)
-            yield key, example
+            example = self._convert(item_id, raw)
+            if example is not None:
+                yield key, example
+
+    def iter_examples(self, source: Path, stats: BuildStats, skip: int = 0) -> Iterator[dict | None]:
+        """Canonical rows of the source's items from item ``skip`` on, recorded in ``stats``.
+
+        Yields one value per source item: the row, or None for an item left out with
+        ``on_error="skip"``. ``skip`` resumes an interrupted build without converting again
+        what it already wrote (see :mod:`editforge.dataset_builders.shard_writer`).
+        """
+        self.stats = stats
+        for _, item_id, raw in self._iter_items(Path(source), skip=skip):
+            yield self._convert(item_id, raw)
+
+    def _convert(self, item_id: str, raw: Any) -> dict | None:
+        try:
+            example = self._make_example(item_id, raw)
+        except ItemError as err:
+            if self.config.on_error != "skip":
+                raise
+            logger.info("skipped %s", err)
+            self.stats.add_skipped(err)
+            return None
+        self.stats.add_example(example)
+        return example
 
     # -- what each layout implements ----------------------------------------------------------
 
-    def _iter_items(self, source: Path) -> Iterator[tuple[Key, str, Any]]:
-        """Yield ``(key, item_id, raw)`` for every item of the source, cheaply (no image decoding).
+    def _iter_items(self, source: Path, skip: int = 0) -> Iterator[tuple[Key, str, Any]]:
+        """Yield ``(key, item_id, raw)`` for every item of the source from item ``skip`` on,
+        cheaply (no image decoding), always in the same order.
 
         Raise UsageError for a problem with the whole source (unreadable file, missing column).
         """
         raise NotImplementedError
+
+    def source_files(self, source: Path) -> list[Path]:
+        """The files that define the source's items and their order (to tell when it changed)."""
+        raise NotImplementedError
+
+    def count_items(self, source: Path) -> int | None:
+        """How many items the source has, when that is cheap to know (for the progress bar)."""
+        return None
 
     def _make_example(self, item_id: str, raw: Any) -> dict:
         """Turn one raw item into a canonical row; raise ItemError for anything wrong with it."""

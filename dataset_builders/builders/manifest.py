@@ -48,10 +48,18 @@ class Manifest(EditforgeBuilder):
     BUILDER_CONFIG_CLASS = ManifestConfig
     DESCRIPTION = "Edit triplets from an editforge manifest (JSON Lines, image paths relative to it)."
 
-    def _iter_items(self, source: Path):
+    def _iter_items(self, source: Path, skip: int = 0):
         path = manifest_path(source)
         for index, record in enumerate(read_manifest(path)):
-            yield Key(0, index), str(record["id"]), (path.parent, record)
+            if index >= skip:
+                yield Key(0, index), str(record["id"]), (path.parent, record)
+
+    def source_files(self, source: Path) -> list[Path]:
+        return [manifest_path(source)]
+
+    def count_items(self, source: Path) -> int:
+        with open(manifest_path(source), encoding="utf-8") as handle:
+            return sum(1 for line in handle if line.strip())
 
     def _make_example(self, item_id: str, raw: tuple[Path, dict]) -> dict:
         base, record = raw

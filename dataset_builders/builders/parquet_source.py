@@ -67,25 +67,48 @@ def parquet_files(source: Path, pattern: str | None = None) -> list[tuple[Path, 
     return found
 
 
+def _open_parquet(path: Path) -> pq.ParquetFile:
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as err:
+        raise UsageError(f"{path}: not a readable Parquet file ({err})") from None
+
+
+def count_parquet_rows(source: Path, pattern: str | None) -> int:
+    return sum(_open_parquet(path).metadata.num_rows for path, _ in parquet_files(source, pattern))
+
+
 def iter_parquet_rows(
     source: Path,
     pattern: str | None,
     required: Sequence[str],
     optional: Sequence[str] = (),
+    skip: int = 0,
 ) -> Iterator[ParquetRow]:
-    """Every row of the selected shards with the required (and present optional) columns."""
+    """Every row of the selected shards with the required (and present optional) columns.
+
+    The first ``skip`` rows are passed over without reading them where the Parquet metadata
+    allows (whole files and row groups).
+    """
     for file_index, (path, name) in enumerate(parquet_files(source, pattern)):
-        try:
-            parquet = pq.ParquetFile(path)
-        except (pa.ArrowException, OSError) as err:
-            raise UsageError(f"{path}: not a readable Parquet file ({err})") from None
+        parquet = _open_parquet(path)
         names = parquet.schema_arrow.names
         missing = [c for c in required if c not in names]
         if missing:
             raise UsageError(f"{path}: lacks the column(s) {', '.join(missing)} (it has {', '.join(names)})")
+        if skip >= parquet.metadata.num_rows:
+            skip -= parquet.metadata.num_rows
+            continue
+        groups, row = [], 0
+        for group in range(parquet.metadata.num_row_groups):
+            group_rows = parquet.metadata.row_group(group).num_rows
+            if skip >= group_rows and not groups:
+                skip -= group_rows
+                row += group_rows
+            else:
+                groups.append(group)
         columns = [c for c in (*required, *optional) if c in names]
-        row = 0
-        batches = parquet.iter_batches(batch_size=BATCH_ROWS, columns=columns)
+        batches = parquet.iter_batches(batch_size=BATCH_ROWS, columns=columns, row_groups=groups)
         while True:
             try:
                 batch = next(batches)
@@ -94,7 +117,10 @@ def iter_parquet_rows(
             except (pa.ArrowException, OSError) as err:
                 raise UsageError(f"{path}: cannot read the rows after row {row} ({err})") from None
             for values in batch.to_pylist():
-                yield ParquetRow(file_index, path, name, row, values)
+                if skip:
+                    skip -= 1
+                else:
+                    yield ParquetRow(file_index, path, name, row, values)
                 row += 1
 
 
@@ -127,10 +153,16 @@ class ParquetBuilder(EditforgeBuilder):
     REQUIRED_COLUMNS: tuple[str, ...] = ()
     OPTIONAL_COLUMNS: tuple[str, ...] = ()
 
-    def _iter_items(self, source: Path):
-        rows = iter_parquet_rows(source, self.config.source_files, self.REQUIRED_COLUMNS, self.OPTIONAL_COLUMNS)
+    def _iter_items(self, source: Path, skip: int = 0):
+        rows = iter_parquet_rows(source, self.config.source_files, self.REQUIRED_COLUMNS, self.OPTIONAL_COLUMNS, skip)
         for row in rows:
             yield Key(row.file_index, row.row), self._item_id(row), row
+
+    def source_files(self, source: Path) -> list[Path]:
+        return [path for path, _ in parquet_files(source, self.config.source_files)]
+
+    def count_items(self, source: Path) -> int:
+        return count_parquet_rows(source, self.config.source_files)
 
     def _item_id(self, row: ParquetRow) -> str:
         """The id of a row (default: ``<shard>:<row>``, for sources without an id column)."""

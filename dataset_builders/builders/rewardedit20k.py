@@ -60,22 +60,23 @@ class RewardEdit20K(EditforgeBuilder):
     HOMEPAGE = "https://github.com/bytedance/Multi-Reward-Editing"
     DESCRIPTION = "RewardEdit20K: InstructPix2Pix triplets with GPT-4o scores and failure texts from three perspectives."
 
-    def _iter_items(self, source: Path):
+    def source_files(self, source: Path) -> list[Path]:
         reward_file = source / REWARD_FILE if source.is_dir() else source
         if not reward_file.is_file():
             raise UsageError(f"no {REWARD_FILE} at {reward_file}")
+        return [reward_file]
+
+    def count_items(self, source: Path) -> int:
+        return len(_read_scores(self.source_files(source)[0]))
+
+    def _iter_items(self, source: Path, skip: int = 0):
+        reward_file = self.source_files(source)[0]
         images_dir = Path(self.config.images_dir) if self.config.images_dir else reward_file.parent
         if not images_dir.is_dir():
             raise UsageError(f"the InstructPix2Pix folder {images_dir} does not exist")
-        try:
-            with open(reward_file, encoding="utf-8") as handle:
-                scores = json.load(handle)
-        except (OSError, json.JSONDecodeError) as err:
-            raise UsageError(f"{reward_file}: not readable JSON ({err})") from None
-        if not isinstance(scores, dict):
-            raise UsageError(f"{reward_file}: expected an object keyed by folder name, got {type(scores).__name__}")
-        for index, (name, entry) in enumerate(scores.items()):
-            yield Key(0, index), str(name), (images_dir / str(name), entry)
+        for index, (name, entry) in enumerate(_read_scores(reward_file).items()):
+            if index >= skip:
+                yield Key(0, index), str(name), (images_dir / str(name), entry)
 
     def _make_example(self, item_id: str, raw: tuple[Path, object]) -> dict:
         folder, entry = raw
@@ -97,6 +98,17 @@ class RewardEdit20K(EditforgeBuilder):
             rewards=rewards,
             metrics=metrics(_seed_metadata(item_id, folder / METADATA_FILE, seed), item_id=item_id, field=METADATA_FILE),
         )
+
+
+def _read_scores(reward_file: Path) -> dict:
+    try:
+        with open(reward_file, encoding="utf-8") as handle:
+            scores = json.load(handle)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UsageError(f"{reward_file}: not readable JSON ({err})") from None
+    if not isinstance(scores, dict):
+        raise UsageError(f"{reward_file}: expected an object keyed by folder name, got {type(scores).__name__}")
+    return scores
 
 
 def _image_pair(item_id: str, folder: Path) -> tuple[str, Path, Path]:

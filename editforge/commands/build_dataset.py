@@ -57,7 +57,8 @@ def run(args) -> int:
         )
     except KeyboardInterrupt:
         print(f"editforge build-dataset: interrupted; nothing was published to {args.out} "
-              "(what was there before is unchanged); run the same command to build again", file=sys.stderr)
+              "(what was there before is unchanged); run the same command to resume after the last complete shard",
+              file=sys.stderr)
         return 130
     print(report.summary())
     for item in report.skipped[:10]:
