@@ -184,3 +184,20 @@ def test_pickapic_preference_pairs(tmp_path, taxonomy):
     expected = layouts.write_pickapic(tmp_path / "pickapic", taxonomy=taxonomy)
     build("pickapic", tmp_path / "pickapic", tmp_path / "out", "--config", "pairs")
     assert_round_trip(tmp_path / "out", "pairs", "train", expected, tmp_path / "cache")
+
+
+def test_parquet_sources_resume_at_any_row(tmp_path):
+    """Resuming skips rows by Parquet metadata (whole files, row groups) and then row by row."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from editforge.dataset_builders.builders.parquet_source import iter_parquet_rows
+
+    (tmp_path / "data").mkdir()
+    for shard in range(2):
+        values = list(range(shard * 7, shard * 7 + 7))
+        pq.write_table(pa.table({"a": values}), tmp_path / f"data/train-0000{shard}-of-00002.parquet", row_group_size=3)
+    every = [(r.name, r.row, r.values["a"]) for r in iter_parquet_rows(tmp_path, None, ["a"])]
+    assert [v for *_, v in every] == list(range(14)) and every[7][:2] == ("data/train-00001-of-00002.parquet", 0)
+    for skip in range(16):
+        assert [(r.name, r.row, r.values["a"]) for r in iter_parquet_rows(tmp_path, None, ["a"], skip=skip)] == every[skip:]
