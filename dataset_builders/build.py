@@ -185,10 +185,7 @@ def build_dataset(
             render_card=lambda records: render_card(records, title=out.resolve().name),
         )
     except BaseException as err:
-        kept = 0
-        if writer is not None:
-            writer.abandon()
-            kept = writer.consumed
+        kept = writer.abandon() if writer is not None else 0
         if not kept:  # nothing worth resuming: leave no trace
             shutil.rmtree(out if created else staging, ignore_errors=True)
         if isinstance(err, ItemError) and writer is not None:

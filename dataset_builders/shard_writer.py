@@ -106,9 +106,11 @@ class ShardWriter:
         tmp.write_text(json.dumps(journal), encoding="utf-8")
         os.replace(tmp, self.folder / JOURNAL)
 
-    def abandon(self) -> None:
-        """Drop the shard being written (the journal's shards stay for the next run)."""
+    def abandon(self) -> int:
+        """Drop the shard being written; returns how many source items the complete shards kept
+        for the next run cover (0: nothing worth resuming)."""
         if self._writer is not None:
             self._writer.close()
             self._writer = None
             self._partial_path().unlink(missing_ok=True)
+        return self.consumed if self.shards else 0

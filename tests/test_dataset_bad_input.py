@@ -273,3 +273,16 @@ def test_bad_sources_and_arguments_are_one_clear_error(tmp_path):
     assert len(lines) == 1 and "Traceback" not in result.stderr
     assert lines[0].startswith("editforge build-dataset: error: item 'x' (source_image): the image file is empty (0 bytes)")
     assert not (tmp_path / "out2").exists()
+
+
+def test_after_a_failure_a_rerun_continues_after_the_complete_shards(tmp_path):
+    items = {f"item{i:03d}": {"source": rgb(i), "edited": rgb(i + 1)} for i in range(150)}
+    items["item150"] = {"source": b"", "edited": rgb(2)}
+    folder = write_manifest(tmp_path / "src", items)
+    with pytest.raises(ItemError, match=r"stopped after 150 good item\(s\) and published nothing; the 100 item\(s\) "
+                                        r"in complete shards are kept and a rerun continues after them"):
+        build_dataset("manifest", folder, tmp_path / "out", max_shard_size="1KB", progress=False)
+    assert not (tmp_path / "out" / "README.md").exists()
+    report = build_dataset("manifest", folder, tmp_path / "out", max_shard_size="1KB", on_error="skip", progress=False)
+    assert (report.resumed_from, report.num_examples, report.num_skipped) == (100, 150, 1)
+    assert len(rows_of(tmp_path / "out", tmp=tmp_path)) == 150
