@@ -1,0 +1,31 @@
+"""LVLM judge and annotation engine: Multi-Reward and VIEScore rewards for edit triplets through
+any OpenAI-compatible endpoint, at scale (bounded concurrency, retries, a resumable cache, the
+Batch API), plus a loopback server that serves the synthetic world's oracle as a judge.
+
+    from editforge.dataset_builders.annotation import annotate_manifest, serve_oracle
+
+    report = annotate_manifest("synth_world", "rewards.jsonl", judge="oracle")
+    print(report.summary())
+
+Modules: ``rubrics`` (prompts, schemas, validation), ``images`` (downscaling, data URLs),
+``client`` (the one async judge client), ``cache`` (SQLite answer cache), ``batch`` (Batch
+API), ``sources`` (manifests), ``engine`` (the run), ``server`` (loopback OpenAI server).
+"""
+
+from .cache import AnswerCache, cache_key, default_cache_path
+from .client import JudgeClient, JudgeOutcome, JudgeUnavailable, RetryPolicy, Usage
+from .engine import AnnotationReport, Annotator, MissingRewards, Pricing, annotate_manifest, annotate_source
+from .images import ImageError, PreparedImage, prepare_image
+from .rubrics import MULTI_REWARD, RUBRICS, VIESCORE_EDIT, InvalidAnswer, Rubric, get_rubric
+from .server import ConstantResponder, FaultPlan, LoopbackServer, OracleResponder, serve_oracle
+from .sources import TripletSource, manifest_source, open_source
+
+__all__ = [
+    "AnswerCache", "cache_key", "default_cache_path",
+    "JudgeClient", "JudgeOutcome", "JudgeUnavailable", "RetryPolicy", "Usage",
+    "AnnotationReport", "Annotator", "MissingRewards", "Pricing", "annotate_manifest", "annotate_source",
+    "ImageError", "PreparedImage", "prepare_image",
+    "MULTI_REWARD", "RUBRICS", "VIESCORE_EDIT", "InvalidAnswer", "Rubric", "get_rubric",
+    "ConstantResponder", "FaultPlan", "LoopbackServer", "OracleResponder", "serve_oracle",
+    "TripletSource", "manifest_source", "open_source",
+]
