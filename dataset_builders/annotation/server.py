@@ -54,7 +54,7 @@ FAULT_KINDS = (
     "truncated_answer", "truncated_body", "malformed_body",
 )
 TRANSPORT_FAULTS = {"stall", "truncated_body", "malformed_body"}
-REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
            422: "Unprocessable Entity", 429: "Too Many Requests", 500: "Internal Server Error"}
 
 
@@ -246,13 +246,15 @@ class LoopbackServer:
     ``latency`` seconds are added to every chat completion and batch line. ``stats`` counts
     ``chat_requests`` (received), ``chat_answered`` (200 completions fully written),
     ``batch_lines_answered``, ``faults``, ``files_uploaded`` and ``batches_created``.
-    ``api_keys_seen`` holds the bearer tokens received (for tests; never written anywhere).
+    ``api_keys_seen`` holds the bearer tokens received (for tests; never written anywhere). With
+    ``api_key`` set, any other token gets a 401.
     """
 
     def __init__(self, responder=None, *, latency: float = 0.0, host: str = "127.0.0.1", port: int = 0,
-                 model: str = ORACLE_MODEL, workers: int = 2):
+                 model: str = ORACLE_MODEL, workers: int = 2, api_key: str | None = None):
         self.responder = responder if responder is not None else OracleResponder()
         self.latency = latency
+        self.api_key = api_key
         self.host, self.port = host, port
         self.model = model
         self.faults = FaultPlan()
@@ -415,10 +417,13 @@ class LoopbackServer:
 
     async def _route(self, request: _Request) -> _Reply:
         auth = request.headers.get("authorization", "")
-        if auth.lower().startswith("bearer "):
-            self.api_keys_seen.add(auth[7:])
+        token = auth[7:] if auth.lower().startswith("bearer ") else None
+        if token is not None:
+            self.api_keys_seen.add(token)
         path, method = request.path.rstrip("/"), request.method
         parts = path.strip("/").split("/")
+        if self.api_key is not None and token != self.api_key and parts[0] == "v1":
+            return _Reply(401, _error_body("Incorrect API key provided", "invalid_request_error", "invalid_api_key"))
         try:
             if path == "/v1/chat/completions" and method == "POST":
                 return await self._chat(request)
