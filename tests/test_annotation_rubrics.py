@@ -155,3 +155,18 @@ def test_answers_survive_reopening_the_cache(tmp_path):
         assert cache.open_batches(model="other", rubric="multi-reward", rubric_version="1") == []
         cache.close_batch("batch_1")
         assert cache.open_batches(**scope) == []
+
+
+def test_jpegs_pass_through_unless_exif_turns_them():
+    array = np.zeros((40, 60, 3), np.uint8)
+    array[:, :30] = 255
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="JPEG")
+    upright = prepare_image(buffer.getvalue())
+    assert upright.data == buffer.getvalue() and upright.mime == "image/jpeg" and (upright.width, upright.height) == (60, 40)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    turned = io.BytesIO()
+    Image.fromarray(array).save(turned, format="JPEG", exif=exif.tobytes())
+    prepared = prepare_image(turned.getvalue())
+    assert prepared.mime == "image/png" and (prepared.width, prepared.height) == (40, 60)

@@ -17,8 +17,20 @@ from .client import JudgeClient, JudgeOutcome, JudgeUnavailable, RetryPolicy, Us
 from .engine import AnnotationReport, Annotator, MissingRewards, Pricing, annotate_manifest, annotate_source
 from .images import ImageError, PreparedImage, prepare_image
 from .rubrics import MULTI_REWARD, RUBRICS, VIESCORE_EDIT, InvalidAnswer, Rubric, get_rubric
-from .server import ConstantResponder, FaultPlan, LoopbackServer, OracleResponder, serve_oracle
 from .sources import TripletSource, manifest_source, open_source
+
+# The loopback server is imported on first use, so that ``python -m
+# editforge.dataset_builders.annotation.server`` does not find it imported already.
+_SERVER_NAMES = ("ConstantResponder", "FaultPlan", "LoopbackServer", "OracleResponder", "serve_oracle")
+
+
+def __getattr__(name):
+    if name in _SERVER_NAMES:
+        from . import server
+
+        return getattr(server, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "AnswerCache", "cache_key", "default_cache_path",

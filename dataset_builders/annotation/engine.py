@@ -33,11 +33,12 @@ from editforge.errors import EditforgeError, UsageError
 from ..manifest import write_manifest
 from .cache import AnswerCache, cache_key, default_cache_path
 from .client import DEFAULT_MODEL, JudgeClient, RetryPolicy, Usage
-from .images import DEFAULT_MAX_SIDE, ImageError, PreparedImage, prepare_image
+from .images import DEFAULT_MAX_SIDE, ImageError, PreparedImage, convert, pass_through, read_image
 from .rubrics import get_rubric
 from .sources import TripletSource, open_source
 
 OUTPUT_FIELDS = ("rewards", "judge", "usage", "error")
+IMAGE_PAIR = ("source_image", "edited_image")
 PENDING, CACHED, JUDGED, FAILED = range(4)
 
 
@@ -156,17 +157,43 @@ class Annotator:
 
     # One item --------------------------------------------------------------------------------
 
-    def prepare(self, source: TripletSource, record: dict) -> _Prepared:
-        images = []
-        for name in ("source_image", "edited_image"):
-            try:
-                images.append(prepare_image(source.load_image(record, name), self.max_side))
-            except ImageError as err:
-                raise ImageError(f"{name} {record.get(name)!r}: {err}") from None
+    def _key(self, record: dict, images: list[PreparedImage]) -> _Prepared:
         info = self.judge_info
         key = cache_key(info["model"], info["rubric"], info["rubric_version"], record["instruction"],
                         images[0].data, images[1].data)
         return _Prepared(key, *images)
+
+    def _read(self, source: TripletSource, record: dict) -> list:
+        """Both images, each as a PreparedImage when it can be sent as it is, else as read."""
+        images = []
+        for name in IMAGE_PAIR:
+            try:
+                raw = read_image(source.load_image(record, name))
+                images.append((isinstance(raw, bytes) and pass_through(raw, self.max_side)) or raw)
+            except ImageError as err:
+                raise ImageError(f"{name} {record.get(name)!r}: {err}") from None
+        return images
+
+    def _convert(self, record: dict, images: list) -> list[PreparedImage]:
+        converted = []
+        for name, image in zip(IMAGE_PAIR, images):
+            try:
+                converted.append(image if isinstance(image, PreparedImage) else convert(image, self.max_side))
+            except ImageError as err:
+                raise ImageError(f"{name} {record.get(name)!r}: {err}") from None
+        return converted
+
+    def prepare(self, source: TripletSource, record: dict) -> _Prepared:
+        """The two images as sent and the request's cache key. Raises ImageError naming the field."""
+        return self._key(record, self._convert(record, self._read(source, record)))
+
+    async def prepare_async(self, source: TripletSource, record: dict, pool) -> _Prepared:
+        """As :meth:`prepare`; images that must be converted (too large, another format) are
+        converted in ``pool`` so the event loop keeps serving the requests in flight."""
+        images = self._read(source, record)
+        if not all(isinstance(image, PreparedImage) for image in images):
+            images = await asyncio.get_running_loop().run_in_executor(pool, self._convert, record, images)
+        return self._key(record, images)
 
     def _store(self, key: str, rewards: dict, usage: Usage) -> None:
         self.cache.put(key, rewards=rewards, prompt_tokens=usage.prompt_tokens,
@@ -182,7 +209,6 @@ class Annotator:
     async def judge_direct(self, source: TripletSource, report: AnnotationReport) -> _Ledger:
         ledger = _Ledger()
         queue: asyncio.Queue = asyncio.Queue(maxsize=2 * self.concurrency)
-        loop = asyncio.get_running_loop()
         tally = Counter()
 
         async def produce():
@@ -195,7 +221,7 @@ class Annotator:
             while (item := await queue.get()) is not None:
                 index, record = item
                 try:
-                    prepared = await loop.run_in_executor(pool, self.prepare, source, record)
+                    prepared = await self.prepare_async(source, record, pool)
                 except ImageError as err:
                     ledger.fail(index, str(err))
                 else:

@@ -42,24 +42,56 @@ class PreparedImage:
         return f"data:{self.mime};base64,{base64.b64encode(self.data).decode('ascii')}"
 
 
-def _read(image: Any) -> tuple[bytes | None, Image.Image | None]:
-    """(file bytes, None) for encoded images, (None, image) for in-memory ones."""
+def read_image(image: Any) -> bytes | Image.Image:
+    """The encoded bytes of a path, bytes or datasets image dict; an in-memory image as PIL."""
     if isinstance(image, Image.Image):
-        return None, image
+        return image
     if isinstance(image, (bytes, bytearray, memoryview)):
-        return bytes(image), None
+        return bytes(image)
     if isinstance(image, dict):  # a datasets Image() value: {"bytes": ..., "path": ...}
         if image.get("bytes") is not None:
-            return bytes(image["bytes"]), None
+            return bytes(image["bytes"])
         image = image.get("path")
     if isinstance(image, (str, os.PathLike)):
         try:
-            return Path(image).read_bytes(), None
+            return Path(image).read_bytes()
         except OSError as err:
             raise ImageError(f"cannot read {image}: {err.strerror or err}") from None
     if hasattr(image, "__array__"):
-        return None, Image.fromarray(image)
+        return Image.fromarray(image)
     raise ImageError(f"expected a path, bytes or a PIL image, got {type(image).__name__}")
+
+
+def _open(data: bytes) -> Image.Image:
+    try:
+        return Image.open(io.BytesIO(data))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ImageError(f"not a readable image ({err})") from None
+
+
+def pass_through(data: bytes, max_side: int = DEFAULT_MAX_SIDE) -> PreparedImage | None:
+    """The file unchanged when it can be sent as it is (the cheap path), else None.
+
+    The file is checked whole first, so a truncated or corrupt file raises ImageError here
+    rather than reaching the judge: a PNG's chunks against their CRCs, other formats by decoding.
+    A PNG with EXIF data, or another file whose EXIF turns it, goes the conversion path.
+    """
+    pil = _open(data)
+    mime = PASS_THROUGH_FORMATS.get(pil.format)
+    if not mime or pil.mode not in PASS_THROUGH_MODES or max(pil.size) > max_side:
+        return None
+    try:
+        if pil.format == "PNG":
+            if "exif" in pil.info:
+                return None
+            pil.verify()
+        else:
+            pil.load()
+            if pil.getexif().get(EXIF_ORIENTATION, 1) != 1:
+                return None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ImageError(f"not a readable image ({err})") from None
+    return PreparedImage(data, mime, pil.width, pil.height)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -73,6 +105,22 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def convert(image: bytes | Image.Image, max_side: int = DEFAULT_MAX_SIDE) -> PreparedImage:
+    """RGB, downscaled to ``max_side`` if larger, encoded as PNG (the expensive path)."""
+    try:
+        pil = _to_rgb(_open(image) if isinstance(image, bytes) else image)
+        width, height = pil.size
+        scale = max_side / max(width, height)
+        if scale < 1:
+            size = (max(1, round(width * scale)), max(1, round(height * scale)))
+            pil = pil.resize(size, Image.Resampling.LANCZOS)
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ImageError(f"not a readable image ({err})") from None
+    buffer = io.BytesIO()
+    pil.save(buffer, format="PNG")
+    return PreparedImage(buffer.getvalue(), "image/png", pil.width, pil.height)
+
+
 def prepare_image(image: Any, max_side: int = DEFAULT_MAX_SIDE) -> PreparedImage:
     """The image as it will be sent: a path, bytes, a datasets image dict, a PIL image or an array.
 
@@ -80,26 +128,8 @@ def prepare_image(image: Any, max_side: int = DEFAULT_MAX_SIDE) -> PreparedImage
     """
     if max_side < 1:
         raise ValueError(f"max_side must be 1 or more, got {max_side}")
-    data, pil = _read(image)
-    try:
-        if pil is None:
-            pil = Image.open(io.BytesIO(data))
-            mime = PASS_THROUGH_FORMATS.get(pil.format)
-            upright = pil.getexif().get(EXIF_ORIENTATION, 1) == 1
-            if mime and upright and pil.mode in PASS_THROUGH_MODES and max(pil.size) <= max_side:
-                pil.load()  # decode once, so a truncated or corrupt file is caught here
-                return PreparedImage(data, mime, pil.width, pil.height)
-        pil = _to_rgb(pil)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise ImageError(f"not a readable image ({err})") from None
-    width, height = pil.size
-    scale = max_side / max(width, height)
-    if scale < 1:
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        pil = pil.resize(size, Image.Resampling.LANCZOS)
-    buffer = io.BytesIO()
-    pil.save(buffer, format="PNG")
-    return PreparedImage(buffer.getvalue(), "image/png", pil.width, pil.height)
+    raw = read_image(image)
+    return (isinstance(raw, bytes) and pass_through(raw, max_side)) or convert(raw, max_side)
 
 
 def decode_data_url(url: str) -> Image.Image:

@@ -183,13 +183,22 @@ def _faulty_content(fault: Fault | None, answer: dict, rubric: Rubric) -> tuple[
 # Token accounting, the way OpenAI counts it (an estimate; good enough for cost tests)
 
 
-def _image_tokens(url: str) -> int:
-    """85 + 170 per 512-px tile after fitting in 2048x2048 and the shorter side in 768 (high detail)."""
+def _image_size(url: str) -> tuple[int, int]:
+    """Width and height of a data-URL image; a PNG's from its header alone (the cheap path)."""
     from PIL import Image
 
+    header, _, payload = url.partition(",")
+    if header.startswith("data:image/png"):
+        head = base64.b64decode(payload[:32])  # signature, IHDR length and type, width, height
+        if head[12:16] == b"IHDR":
+            return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    return Image.open(io.BytesIO(base64.b64decode(payload))).size
+
+
+def _image_tokens(url: str) -> int:
+    """85 + 170 per 512-px tile after fitting in 2048x2048 and the shorter side in 768 (high detail)."""
     try:
-        payload = url.partition(",")[2]
-        width, height = Image.open(io.BytesIO(base64.b64decode(payload))).size
+        width, height = _image_size(url)
     except Exception:
         return 85
     scale = min(1.0, 2048 / max(width, height))

@@ -7,6 +7,7 @@ becomes one more function returning a TripletSource.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,16 +53,25 @@ def manifest_source(path: str | os.PathLike) -> TripletSource:
     def load_image(record: dict, field: str) -> Path:
         return resolve_image(record, field, base_dir)
 
+    @functools.lru_cache(maxsize=8)
+    def prefix_for(out_dir: Path) -> str | None:
+        """The manifest folder as seen from ``out_dir`` (None: the same folder)."""
+        here, there = base_dir.resolve(), out_dir.resolve()
+        if here == there:
+            return None
+        try:
+            return os.path.relpath(here, there)
+        except ValueError:  # another drive (Windows): absolute paths
+            return str(here)
+
     def relocate(record: dict, out_dir: Path) -> dict:
-        if out_dir.resolve() == base_dir.resolve():
+        prefix = prefix_for(Path(out_dir))
+        if prefix is None:
             return record
         record = dict(record)
         for field in _image_fields(record):
-            image = resolve_image(record, field, base_dir)
-            try:
-                record[field] = os.path.relpath(image, out_dir)
-            except ValueError:  # another drive (Windows): keep it absolute
-                record[field] = str(image.resolve())
+            if not os.path.isabs(record[field]):
+                record[field] = os.path.normpath(os.path.join(prefix, record[field]))
         return record
 
     return TripletSource(str(path), lambda: read_manifest(path), load_image, total, relocate)
