@@ -38,6 +38,15 @@ def start_server(latency: float) -> tuple[subprocess.Popen, str]:
     return process, process.stdout.readline().strip()
 
 
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of another process (Linux /proc), None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def sequential(world: Path, base_url: str, n: int) -> float:
     """Items/s of the official sync client, one request at a time (as the reference scripts do)."""
     import openai
@@ -79,13 +88,17 @@ def main() -> None:
         write_synthetic_dataset(tmp / "world", n=args.items, seed=0, imperfect_rate=0.5, progress=False)
         server, base_url = start_server(args.latency)
         try:
-            runs = []
+            runs, client_cpu, server_cpu = [], [], []
             for repeat in range(args.repeats):
-                start = time.perf_counter()
+                server_before = process_cpu_seconds(server.pid)
+                start, cpu_start = time.perf_counter(), time.process_time()
                 report = annotate_manifest(tmp / "world", tmp / f"out{repeat}.jsonl", base_url=base_url,
                                            concurrency=args.concurrency, cache=tmp / f"cache{repeat}.sqlite",
                                            progress=False)
                 elapsed = time.perf_counter() - start
+                client_cpu.append(1000 * (time.process_time() - cpu_start) / args.items)
+                if server_before is not None:
+                    server_cpu.append(1000 * (process_cpu_seconds(server.pid) - server_before) / args.items)
                 assert report.judged == args.items and report.failed == 0, report.summary()
                 runs.append(args.items / elapsed)
                 print(f"editforge run {repeat + 1}: {runs[-1]:.1f} items/s", flush=True)
@@ -108,6 +121,8 @@ def main() -> None:
         "editforge_runs_items_per_s": [round(r, 2) for r in runs],
         "editforge_over_ceiling": round(ours / ceiling, 3),
         "target_over_ceiling": 0.8,
+        "client_cpu_ms_per_item": round(statistics.median(client_cpu), 3),
+        "server_cpu_ms_per_item": round(statistics.median(server_cpu), 3) if server_cpu else None,
         "sequential_items_per_s": round(one_at_a_time, 3),
         "sequential_items_measured": args.sequential_items,
         "speedup_over_sequential": round(ours / one_at_a_time, 1),
@@ -115,7 +130,7 @@ def main() -> None:
             "editforge: annotate_manifest over a synthetic manifest (64x64 PNGs, multi-reward rubric), the whole call "
             "timed (manifest check, image reading, cache keys, SQLite cache, async openai client, validation, output "
             "file; the openai import excluded), fresh "
-            "cache per run, median of the runs. Server: loopback OpenAI-compatible server in its own process, "
+            "cache per run, median of the runs; CPU per item: this process (all its threads) and the server process. Server: loopback OpenAI-compatible server in its own process, "
             "constant valid answer after the latency. Sequential: the official sync openai client, one "
             f"chat.completions.create after the other, timed on the first {args.sequential_items} items."
         ),

@@ -346,3 +346,53 @@ def test_pricing_defaults_are_gpt_4o():
     usage = Usage(1_000_000, 100_000)
     assert Pricing().cost(usage) == pytest.approx(2.50 + 1.00)
     assert Pricing().cost(usage, batch=True) == pytest.approx((2.50 + 1.00) / 2)
+
+
+def test_every_fault_inside_a_run_ends_in_the_true_score_or_a_missing_item(world30, tmp_path, oracle_server):
+    from editforge.dataset_builders.annotation.server import FAULT_KINDS
+
+    chosen = unique_instructions(world30, len(FAULT_KINDS) + 2)
+    for (_, instruction), kind in zip(chosen, FAULT_KINDS):
+        oracle_server.faults.add(kind, times=1, match=instruction, retry_after=0.05, seconds=2.0)
+    (stuck, a), (broken, b) = chosen[-2:]
+    oracle_server.faults.add("server_error", times=None, match=a)
+    oracle_server.faults.add("out_of_range", times=None, match=b)
+    policy = RetryPolicy(max_attempts=3, max_invalid_answers=2, timeout=0.5, base_delay=0.01, max_delay=0.05)
+    report = annotate_manifest(world30, tmp_path / "out.jsonl", base_url=oracle_server.base_url, model="editforge-oracle",
+                               cache=tmp_path / "c.sqlite", concurrency=8, policy=policy, allow_missing=True,
+                               progress=False)
+    assert report.failed == 2 and report.judged == 28
+    assert oracle_server.stats["faults"] == len(FAULT_KINDS) + policy.max_attempts + policy.max_invalid_answers
+    for line in read_jsonl(tmp_path / "out.jsonl"):
+        if line["id"] == stuck:
+            assert line["rewards"] is None and "gave up after 3 failed requests" in line["error"]
+        elif line["id"] == broken:
+            assert line["rewards"] is None and "2 invalid answers" in line["error"]
+        else:
+            assert {p: line["rewards"][p]["score"] for p in PERSPECTIVES} == \
+                   {p: line["ground_truth"][p]["score"] for p in PERSPECTIVES}, line["id"]
+    assert report.errors == {"gave up after 3 failed requests": 1, "2 invalid answers": 1}
+
+
+def test_an_unreachable_endpoint_stops_the_run_with_one_line(world30, tmp_path):
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = run_cli("annotate", world30, "--out", tmp_path / "o.jsonl", "--cache", tmp_path / "c.sqlite",
+                     "--base-url", f"http://127.0.0.1:{port}/v1", "--max-attempts", "1", "--concurrency", "2",
+                     "--no-progress", env={"OPENAI_API_KEY": "k"})
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot reach http://127.0.0.1" in lines[0] and "items in a row" in lines[0]
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_a_refused_batch_call_is_one_line_and_names_the_fix(world30, tmp_path):
+    with LoopbackServer(api_key="the-right-key") as server:
+        result = run_cli("annotate", world30, "--out", tmp_path / "o.jsonl", "--cache", tmp_path / "c.sqlite",
+                         "--base-url", server.base_url, "--batch", "--no-progress", env={"OPENAI_API_KEY": "wrong-key"})
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "HTTP 401" in lines[0] and "check OPENAI_API_KEY" in lines[0] and "wrong-key" not in lines[0]

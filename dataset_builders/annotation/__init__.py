@@ -12,6 +12,7 @@ Modules: ``rubrics`` (prompts, schemas, validation), ``images`` (downscaling, da
 API), ``sources`` (manifests), ``engine`` (the run), ``server`` (loopback OpenAI server).
 """
 
+from .batch import BatchError, BatchRunner
 from .cache import AnswerCache, cache_key, default_cache_path
 from .client import JudgeClient, JudgeOutcome, JudgeUnavailable, RetryPolicy, Usage
 from .engine import AnnotationReport, Annotator, MissingRewards, Pricing, annotate_manifest, annotate_source
@@ -33,6 +34,7 @@ def __getattr__(name):
 
 
 __all__ = [
+    "BatchError", "BatchRunner",
     "AnswerCache", "cache_key", "default_cache_path",
     "JudgeClient", "JudgeOutcome", "JudgeUnavailable", "RetryPolicy", "Usage",
     "AnnotationReport", "Annotator", "MissingRewards", "Pricing", "annotate_manifest", "annotate_source",

@@ -19,14 +19,21 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from editforge.errors import EditforgeError
+
 from .cache import AnswerCache
-from .client import FATAL_STATUSES, RETRYABLE_STATUSES, JudgeClient, JudgeUnavailable, Usage
+from .client import FATAL_STATUSES, RETRYABLE_STATUSES, JudgeClient, Usage, describe_status_error
 from .rubrics import InvalidAnswer
 
 ENDPOINT = "/v1/chat/completions"
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
 MAX_REQUESTS = 50_000
 MAX_BYTES = 180 * 2**20
+
+
+class BatchError(EditforgeError):
+    """A Batch API call failed for good (after the SDK's retries). Batches already created are
+    recorded in the cache: the same command picks them up."""
 
 
 @dataclass
@@ -110,6 +117,18 @@ class BatchRunner:
     def open_batches(self):
         return self.cache.open_batches(**self._scope)
 
+    async def _api(self, what: str, call, *args, **kwargs):
+        """One Batch API call; a failure that outlives the SDK's retries becomes one clear BatchError."""
+        errors = self.client._errors
+        try:
+            return await call(*args, **kwargs)
+        except errors.APIStatusError as err:
+            hint = FATAL_STATUSES.get(err.status_code)
+            message = f"{what} failed ({describe_status_error(err)})" + (f"; {hint}" if hint else "")
+        except errors.APIConnectionError as err:
+            message = f"{what} failed: cannot reach {self.client.openai.base_url} ({err.__cause__ or err})"
+        raise BatchError(self.client.scrub(message) + "; run the same command again to resume")
+
     async def submit(self, files: BatchFiles) -> list[str]:
         """Upload each file and create its batch; each batch is recorded in the cache at once."""
         ids = []
@@ -117,19 +136,13 @@ class BatchRunner:
             if not keys:
                 path.unlink(missing_ok=True)
                 continue
-            try:
-                uploaded = await self.api.files.create(file=path, purpose="batch")
-                batch = await self.api.batches.create(
-                    input_file_id=uploaded.id, endpoint=ENDPOINT, completion_window="24h",
-                    metadata={"editforge_rubric": self._scope["rubric"],
-                              "editforge_rubric_version": self._scope["rubric_version"]},
-                )
-            except self.client._errors.APIStatusError as err:
-                if err.status_code in FATAL_STATUSES:
-                    raise JudgeUnavailable(self.client.scrub(
-                        f"{self.client.openai.base_url} refused the batch (HTTP {err.status_code}); "
-                        f"{FATAL_STATUSES[err.status_code]}")) from None
-                raise
+            uploaded = await self._api(f"uploading {path.name}", self.api.files.create, file=path, purpose="batch")
+            batch = await self._api(
+                "creating a batch", self.api.batches.create,
+                input_file_id=uploaded.id, endpoint=ENDPOINT, completion_window="24h",
+                metadata={"editforge_rubric": self._scope["rubric"],
+                          "editforge_rubric_version": self._scope["rubric_version"]},
+            )
             self.cache.add_batch(batch.id, keys=keys, input_file=str(path), **self._scope)
             ids.append(batch.id)
         return ids
@@ -145,7 +158,7 @@ class BatchRunner:
         with tqdm(total=total, desc="batch", unit="item", disable=not self.progress or not total) as bar:
             while waiting:
                 for batch_id, record in list(waiting.items()):
-                    batch = await self.api.batches.retrieve(batch_id)
+                    batch = await self._api(f"polling {batch_id}", self.api.batches.retrieve, batch_id)
                     if batch.request_counts is not None:
                         counts[batch_id] = batch.request_counts.completed + batch.request_counts.failed
                     if batch.status in TERMINAL:
@@ -162,7 +175,7 @@ class BatchRunner:
     async def _download(self, file_id: str | None) -> list[dict]:
         if not file_id:
             return []
-        content = await self.api.files.content(file_id)
+        content = await self._api(f"downloading {file_id}", self.api.files.content, file_id)
         return [json.loads(line) for line in content.text.splitlines() if line.strip()]
 
     async def _merge(self, batch, record) -> BatchResults:

@@ -16,7 +16,8 @@ one policy covers both kinds of trouble:
 
 Then the item is given up: :class:`JudgeOutcome` has ``rewards=None`` and the reason in
 ``error``. A score is never made up. 401, 403 and 404 stop the whole run
-(:class:`JudgeUnavailable`): no item can succeed with a wrong key, model or URL.
+(:class:`JudgeUnavailable`): no item can succeed with a wrong key, model or URL; so do
+``UNREACHABLE_ITEMS`` items in a row given up because the endpoint could not be reached.
 
 Requests go through ``AsyncOpenAI.post`` with the body as a plain dict, the very body a Batch API
 line carries; the SDK's typed ``chat.completions.create`` costs ~2 ms of CPU per call in request
@@ -41,6 +42,8 @@ DEFAULT_MODEL = "gpt-4o"
 CHAT_COMPLETIONS = "/chat/completions"
 FATAL_STATUSES = {401: "check OPENAI_API_KEY", 403: "check the key's permissions", 404: "check --model and --base-url"}
 RETRYABLE_STATUSES = {408, 409, 429}
+# Items in a row that could not connect at all before the run stops: the endpoint is down.
+UNREACHABLE_ITEMS = 8
 
 
 class JudgeUnavailable(EditforgeError):
@@ -130,7 +133,8 @@ def parse_retry_after(headers) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def _status_message(err) -> str:
+def describe_status_error(err) -> str:
+    """'HTTP <status>: <the API's error message>' of an openai.APIStatusError."""
     body = getattr(err, "body", None)
     message = body.get("message") if isinstance(body, dict) else None
     return f"HTTP {err.status_code}: {message or err.message}"
@@ -165,6 +169,7 @@ class JudgeClient:
         self._response_type = httpx2.Response
         self._rng = random.Random(seed)
         self._resume_at = 0.0  # monotonic time before which no request starts (429 Retry-After)
+        self._unreachable_items = 0  # items in a row given up on connection errors
 
     # Requests and answers -------------------------------------------------------------------
 
@@ -210,13 +215,13 @@ class JudgeClient:
         while True:
             await self._wait_for_rate_limit()
             outcome.requests += 1
-            delay = None
+            delay, unreachable = None, False
             try:
                 response = await self.openai.post(CHAT_COMPLETIONS, body=body, cast_to=self._response_type)
                 completion = json.loads(response.content)
             except errors.APIStatusError as err:
                 status = err.status_code
-                problem = self.scrub(_status_message(err))
+                problem = self.scrub(describe_status_error(err))
                 if status in FATAL_STATUSES:
                     raise JudgeUnavailable(f"{self.openai.base_url} refused the request ({problem}); "
                                            f"{FATAL_STATUSES[status]}") from None
@@ -232,11 +237,13 @@ class JudgeClient:
                 problem = f"no answer within the {policy.timeout:g} s timeout"
             except errors.APIConnectionError as err:
                 problem = self.scrub(f"connection failed: {err.__cause__ or err}")
-            except ValueError as err:  # a 200 whose body is not JSON (json.JSONDecodeError)
+                unreachable = True
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:  # a 200 whose body is not JSON
                 problem = f"the response body is not JSON ({err})"
             else:
                 usage = Usage.of(completion) if isinstance(completion, dict) else Usage()
                 outcome.usage += usage
+                self._unreachable_items = 0
                 try:
                     outcome.rewards = self.rewards_of(completion)
                     outcome.answer_usage = usage
@@ -250,6 +257,10 @@ class JudgeClient:
             failed += 1
             if failed >= policy.max_attempts:
                 outcome.error = f"gave up after {failed} failed requests; last: {problem}"
+                self._unreachable_items = self._unreachable_items + 1 if unreachable else 0
+                if self._unreachable_items >= UNREACHABLE_ITEMS:
+                    raise JudgeUnavailable(f"cannot reach {self.openai.base_url}: {UNREACHABLE_ITEMS} items in a "
+                                           f"row failed to connect ({problem})")
                 return outcome
             await asyncio.sleep(delay if delay is not None else policy.backoff(failed - 1, self._rng))
 

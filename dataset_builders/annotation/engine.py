@@ -128,7 +128,11 @@ class _Ledger:
 
 def _short(error: str) -> str:
     """An error reduced to its kind, for the report's tally."""
-    return error.split(";")[0].split(": ")[0] if error else "unknown"
+    if not error:
+        return "unknown"
+    if error.startswith(IMAGE_PAIR):
+        return "unreadable image"
+    return error.split(";")[0].split(": ")[0]
 
 
 async def _run_together(coroutines) -> None:

@@ -460,12 +460,17 @@ class LoopbackServer:
 
     # Chat completions -------------------------------------------------------------------------
 
+    def _take_fault(self, instruction: str) -> Fault | None:
+        fault = self.faults.take(instruction)
+        if fault is not None:
+            self._count("faults")
+            self._count(f"fault:{fault.kind}")
+        return fault
+
     async def _judge(self, body: dict, fault: Fault | None) -> tuple[int, dict]:
         """(status, completion or error body) for one chat-completion request body."""
         rubric, instruction, urls = read_request(body)
         if fault is not None:
-            self._count("faults")
-            self._count(f"fault:{fault.kind}")
             if fault.kind == "rate_limit":
                 return 429, _error_body("rate limit reached (injected)", "rate_limit_error", "rate_limit_exceeded")
             if fault.kind == "server_error":
@@ -496,7 +501,7 @@ class LoopbackServer:
             _, instruction, _ = read_request(body)
         except ValueError as err:
             return _Reply(400, _error_body(str(err), "invalid_request_error"))
-        fault = self.faults.take(instruction)
+        fault = self._take_fault(instruction)
         if self.latency:
             await asyncio.sleep(self.latency)
         if fault is not None and fault.kind == "stall":
@@ -565,7 +570,7 @@ class LoopbackServer:
         body = line.get("body") or {}
         try:
             _, instruction, _ = read_request(body)
-            fault = self.faults.take(instruction)
+            fault = self._take_fault(instruction)
             if fault is not None and fault.kind in TRANSPORT_FAULTS:
                 fault = Fault("server_error", 1, None)
             if self.latency:
