@@ -61,9 +61,16 @@ def no_faults(server):
     server.faults.clear()
 
 
-def judge(base_url, item=ITEM, rubric="multi-reward", policy=FAST, instruction=None, api_key="test-key"):
+@pytest.fixture(params=["aiohttp", "httpx2"])
+def backend(request):
+    """Both HTTP transports of the openai SDK: aiohttp (the default when installed) and httpx2."""
+    return request.param
+
+
+def judge(base_url, item=ITEM, rubric="multi-reward", policy=FAST, instruction=None, api_key="test-key", backend=None):
     async def run():
-        async with JudgeClient(rubric, model="editforge-oracle", base_url=base_url, api_key=api_key, policy=policy) as client:
+        async with JudgeClient(rubric, model="editforge-oracle", base_url=base_url, api_key=api_key, policy=policy,
+                               http_backend=backend) as client:
             body = client.request_body(instruction or item.instruction, prepare_image(png(item.source)),
                                        prepare_image(png(item.edited)))
             return await client.judge(body)
@@ -75,8 +82,8 @@ def requests_made(server, before):
 
 
 @pytest.mark.parametrize("rubric", ["multi-reward", "viescore-edit"])
-def test_a_clean_answer_is_the_oracles(server, rubric):
-    outcome = judge(server.base_url, rubric=rubric)
+def test_a_clean_answer_is_the_oracles(server, rubric, backend):
+    outcome = judge(server.base_url, rubric=rubric, backend=backend)
     assert outcome.error is None and outcome.requests == 1
     assert outcome.rewards == expected_rewards(ITEM, rubric)
     assert outcome.usage.prompt_tokens > 500 and outcome.usage.completion_tokens > 10
@@ -98,20 +105,20 @@ def test_every_fault_kind_is_covered():
 
 
 @pytest.mark.parametrize("kind", TRANSPORT + INVALID)
-def test_a_fault_that_clears_is_retried_and_gives_the_true_answer(server, kind):
+def test_a_fault_that_clears_is_retried_and_gives_the_true_answer(server, kind, backend):
     server.faults.add(kind, times=1, retry_after=0.05, seconds=3.0)
     before = server.stats.get("chat_requests", 0)
-    outcome = judge(server.base_url)
+    outcome = judge(server.base_url, backend=backend)
     assert outcome.rewards == expected_rewards(ITEM), kind
     assert outcome.error is None
     assert outcome.requests == 2 and requests_made(server, before) == 2
 
 
 @pytest.mark.parametrize("kind", TRANSPORT + INVALID)
-def test_a_fault_that_persists_is_recorded_as_missing_never_filled_in(server, kind):
+def test_a_fault_that_persists_is_recorded_as_missing_never_filled_in(server, kind, backend):
     server.faults.add(kind, times=None, retry_after=0.05, seconds=3.0)
     before = server.stats.get("chat_requests", 0)
-    outcome = judge(server.base_url)
+    outcome = judge(server.base_url, backend=backend)
     assert outcome.rewards is None
     assert REASONS[kind] in outcome.error, outcome.error
     bound = FAST.max_invalid_answers if kind in INVALID else FAST.max_attempts
@@ -178,3 +185,14 @@ def test_retry_after_header_forms():
     assert 28 <= parse_retry_after({"retry-after": date}) <= 30
     assert parse_retry_after({"retry-after": "soon"}) is None
     assert parse_retry_after({}) is None
+
+
+def test_a_refused_connection_is_reported_as_such_on_both_transports(backend):
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    outcome = judge(f"http://127.0.0.1:{port}/v1", backend=backend)
+    assert outcome.rewards is None and outcome.requests == FAST.max_attempts
+    assert "connection failed" in outcome.error and "timeout" not in outcome.error, outcome.error

@@ -21,13 +21,15 @@ Then the item is given up: :class:`JudgeOutcome` has ``rewards=None`` and the re
 
 Requests go through ``AsyncOpenAI.post`` with the body as a plain dict, the very body a Batch API
 line carries; the SDK's typed ``chat.completions.create`` costs ~2 ms of CPU per call in request
-transformation, a fifth of the whole budget at 300 requests/s on two cores.
+transformation, more than all the rest of a request. The SDK's aiohttp transport
+(``openai[aiohttp]``) is used when installed: it needs ~40% less CPU per request than httpx2.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import importlib.util
 import json
 import random
 import time
@@ -39,6 +41,7 @@ from .images import PreparedImage
 from .rubrics import InvalidAnswer, Rubric, get_rubric
 
 DEFAULT_MODEL = "gpt-4o"
+HTTP_BACKENDS = ("aiohttp", "httpx2")
 CHAT_COMPLETIONS = "/chat/completions"
 FATAL_STATUSES = {401: "check OPENAI_API_KEY", 403: "check the key's permissions", 404: "check --model and --base-url"}
 RETRYABLE_STATUSES = {408, 409, 429}
@@ -111,6 +114,11 @@ class JudgeOutcome:
     requests: int = 0
 
 
+def default_http_backend() -> str:
+    """'aiohttp' when installed (``openai[aiohttp]``: ~40% less CPU per request), else 'httpx2'."""
+    return "aiohttp" if importlib.util.find_spec("aiohttp") is not None else "httpx2"
+
+
 def parse_retry_after(headers) -> float | None:
     """Seconds to wait from ``retry-after-ms`` or ``retry-after`` (seconds or an HTTP date)."""
     value = headers.get("retry-after-ms")
@@ -133,6 +141,18 @@ def parse_retry_after(headers) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+def _connection_error(err: BaseException) -> ConnectionError | None:
+    """The refused, reset or aborted connection behind an SDK error, if that is what it was (the
+    aiohttp transport reports a refused connection as a connect *timeout*)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, ConnectionError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def describe_status_error(err) -> str:
     """'HTTP <status>: <the API's error message>' of an openai.APIStatusError."""
     body = getattr(err, "body", None)
@@ -151,7 +171,7 @@ class JudgeClient:
     def __init__(self, rubric: str | Rubric = "multi-reward", *, model: str = DEFAULT_MODEL,
                  base_url: str | None = None, api_key: str | None = None,
                  policy: RetryPolicy | None = None, connections: int = 64,
-                 max_completion_tokens: int = 1024, seed: int | None = None):
+                 max_completion_tokens: int = 1024, seed: int | None = None, http_backend: str | None = None):
         import httpx2
         import openai
 
@@ -159,12 +179,15 @@ class JudgeClient:
         self.model = model
         self.policy = policy or RetryPolicy()
         self.max_completion_tokens = max_completion_tokens
+        self.http_backend = http_backend or default_http_backend()
+        if self.http_backend not in HTTP_BACKENDS:
+            raise ValueError(f"unknown http_backend {self.http_backend!r}; expected one of {HTTP_BACKENDS}")
         timeout = httpx2.Timeout(self.policy.timeout, connect=min(self.policy.timeout, 10.0))
         limits = httpx2.Limits(max_connections=max(connections, 1), max_keepalive_connections=max(connections, 1))
-        self.openai = openai.AsyncOpenAI(
-            api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout,
-            http_client=openai.DefaultAsyncHttpx2Client(timeout=timeout, limits=limits),
-        )
+        http_client = (openai.DefaultAioHttpClient if self.http_backend == "aiohttp"
+                       else openai.DefaultAsyncHttpx2Client)(timeout=timeout, limits=limits)
+        self.openai = openai.AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout,
+                                         http_client=http_client)
         self._errors = openai
         self._response_type = httpx2.Response
         self._rng = random.Random(seed)
@@ -233,11 +256,13 @@ class JudgeClient:
                     delay = min(retry_after, policy.max_retry_after) * (1 + 0.1 * self._rng.random())
                     if status == 429:
                         self._resume_at = max(self._resume_at, time.monotonic() + delay)
-            except errors.APITimeoutError:
-                problem = f"no answer within the {policy.timeout:g} s timeout"
-            except errors.APIConnectionError as err:
-                problem = self.scrub(f"connection failed: {err.__cause__ or err}")
-                unreachable = True
+            except errors.APIConnectionError as err:  # timeouts included
+                refused = _connection_error(err)
+                if isinstance(err, errors.APITimeoutError) and refused is None:
+                    problem = f"no answer within the {policy.timeout:g} s timeout"
+                else:
+                    problem = self.scrub(f"connection failed: {refused or err.__cause__ or err}")
+                    unreachable = True
             except (json.JSONDecodeError, UnicodeDecodeError) as err:  # a 200 whose body is not JSON
                 problem = f"the response body is not JSON ({err})"
             else:
