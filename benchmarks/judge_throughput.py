@@ -79,6 +79,7 @@ def main() -> None:
     import openai
 
     from editforge.dataset_builders.annotation import annotate_manifest
+    from editforge.dataset_builders.annotation.client import default_http_backend
     from editforge.dataset_builders.synthetic import write_synthetic_dataset
 
     os.environ["OPENAI_API_KEY"] = "benchmark"
@@ -140,6 +141,7 @@ def main() -> None:
             "load_average_1min_after": round(load_after[0], 2),
             "python": platform.python_version(),
             "openai": openai.__version__,
+            "http_backend": default_http_backend(),
         },
         "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
