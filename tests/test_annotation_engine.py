@@ -396,3 +396,22 @@ def test_a_refused_batch_call_is_one_line_and_names_the_fix(world30, tmp_path):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "HTTP 401" in lines[0] and "check OPENAI_API_KEY" in lines[0] and "wrong-key" not in lines[0]
+
+
+def test_a_triplet_listed_twice_is_asked_once(world30, tmp_path, oracle_server):
+    lines = (world30 / "manifest.jsonl").read_text().splitlines()
+    duplicated = []
+    for line in lines[:5]:
+        record = json.loads(line)
+        duplicated += [record, {**record, "id": record["id"] + "-again"}]
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps({**r, **{f: str(world30 / r[f]) for f in ("source_image", "edited_image")}}) + "\n"
+                                for r in duplicated))
+    before = oracle_server.stats.get("chat_requests", 0)
+    report = annotate_manifest(manifest, tmp_path / "out.jsonl", base_url=oracle_server.base_url, model="m",
+                               cache=tmp_path / "c.sqlite", concurrency=8, progress=False)
+    assert oracle_server.stats["chat_requests"] - before == 5
+    assert report.judged == 5 and report.cached == 5
+    out = read_jsonl(tmp_path / "out.jsonl")
+    assert [l["id"] for l in out] == [r["id"] for r in duplicated]
+    assert all(out[i]["rewards"] == out[i + 1]["rewards"] is not None for i in range(0, 10, 2))

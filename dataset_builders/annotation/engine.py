@@ -32,7 +32,7 @@ from editforge.errors import EditforgeError, UsageError
 
 from ..manifest import write_manifest
 from .cache import AnswerCache, cache_key, default_cache_path
-from .client import DEFAULT_MODEL, JudgeClient, RetryPolicy, Usage
+from .client import DEFAULT_MODEL, JudgeClient, JudgeOutcome, RetryPolicy, Usage
 from .images import DEFAULT_MAX_SIDE, ImageError, PreparedImage, convert, pass_through, read_image
 from .rubrics import get_rubric
 from .sources import TripletSource, open_source
@@ -210,10 +210,41 @@ class Annotator:
 
     # Direct mode -----------------------------------------------------------------------------
 
+    async def _judge_one(self, index: int, record: dict, prepared: _Prepared, ledger: _Ledger,
+                         report: AnnotationReport, in_flight: dict[str, asyncio.Future]) -> None:
+        """Answer one item from the cache, from the same request in flight for another item, or
+        by asking the judge (and storing the answer at once)."""
+        key = prepared.key
+        if key in in_flight:
+            outcome = await asyncio.shield(in_flight[key])
+            if outcome.rewards is not None:
+                ledger.status[index] = CACHED
+            else:
+                ledger.fail(index, outcome.error)
+            return
+        if key in self.cache:
+            ledger.status[index] = CACHED
+            return
+        waiting = in_flight[key] = asyncio.get_running_loop().create_future()
+        outcome = JudgeOutcome(rewards=None, error="the request was interrupted")
+        try:
+            body = self.client.request_body(record["instruction"], prepared.source, prepared.edited)
+            outcome = await self.client.judge(body)
+            report.usage += outcome.usage
+            if outcome.rewards is not None:
+                self._store(key, outcome.rewards, outcome.answer_usage)
+                ledger.status[index] = JUDGED
+            else:
+                ledger.fail(index, outcome.error, outcome.usage)
+        finally:  # items waiting for this request never hang, whatever happened to it
+            waiting.set_result(outcome)
+            del in_flight[key]
+
     async def judge_direct(self, source: TripletSource, report: AnnotationReport) -> _Ledger:
         ledger = _Ledger()
         queue: asyncio.Queue = asyncio.Queue(maxsize=2 * self.concurrency)
         tally = Counter()
+        in_flight: dict[str, asyncio.Future] = {}  # key -> the outcome of the request being asked
 
         async def produce():
             for record in source.records():
@@ -230,17 +261,7 @@ class Annotator:
                     ledger.fail(index, str(err))
                 else:
                     ledger.keys[index] = prepared.key
-                    if prepared.key in self.cache:
-                        ledger.status[index] = CACHED
-                    else:
-                        body = self.client.request_body(record["instruction"], prepared.source, prepared.edited)
-                        outcome = await self.client.judge(body)
-                        report.usage += outcome.usage
-                        if outcome.rewards is not None:
-                            self._store(prepared.key, outcome.rewards, outcome.answer_usage)
-                            ledger.status[index] = JUDGED
-                        else:
-                            ledger.fail(index, outcome.error, outcome.usage)
+                    await self._judge_one(index, record, prepared, ledger, report, in_flight)
                 tally[ledger.status[index]] += 1
                 bar.set_postfix_str(f"cached={tally[CACHED]} failed={tally[FAILED]}", refresh=False)
                 bar.update(1)
