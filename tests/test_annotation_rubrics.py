@@ -170,3 +170,26 @@ def test_jpegs_pass_through_unless_exif_turns_them():
     Image.fromarray(array).save(turned, format="JPEG", exif=exif.tobytes())
     prepared = prepare_image(turned.getvalue())
     assert prepared.mime == "image/png" and (prepared.width, prepared.height) == (40, 60)
+
+
+@pytest.mark.parametrize(
+    "completion, message",
+    [
+        ({"choices": []}, "no choices"),
+        ({"choices": {"0": {}}}, "no choices"),
+        ([1, 2], "no choices"),
+        ({"choices": [{"message": "five"}]}, "no message"),
+        ({"choices": [{"message": {"content": {"instruction_following": 5}}}]}, "expected the answer as text, got dict"),
+        ({"choices": [{"message": {"content": None, "refusal": "I can't judge this"}}]}, "refused: I can't judge this"),
+        ({"choices": [{"finish_reason": "length", "message": {"content": "{\"instr"}}]}, "cut off"),
+    ],
+)
+def test_malformed_completions_are_invalid_answers_not_crashes(completion, message):
+    from editforge.dataset_builders.annotation import JudgeClient, Usage
+
+    client = JudgeClient("multi-reward", model="m", base_url="http://127.0.0.1:9/v1", api_key="k")
+    with pytest.raises(InvalidAnswer, match=message):
+        client.rewards_of(completion)
+    assert Usage.of(completion) == Usage()
+    assert Usage.of({"usage": {"prompt_tokens": "12", "completion_tokens": -3}}) == Usage()
+    assert Usage.of({"usage": {"prompt_tokens": 12, "completion_tokens": 3}}) == Usage(12, 3)

@@ -176,7 +176,15 @@ class BatchRunner:
         if not file_id:
             return []
         content = await self._api(f"downloading {file_id}", self.api.files.content, file_id)
-        return [json.loads(line) for line in content.text.splitlines() if line.strip()]
+        lines = []
+        for text in content.text.splitlines():
+            try:
+                line = json.loads(text)
+            except json.JSONDecodeError:
+                continue  # a broken line: its item ends as "no answer" and goes in another round
+            if isinstance(line, dict):
+                lines.append(line)
+        return lines
 
     async def _merge(self, batch, record) -> BatchResults:
         results = BatchResults()
@@ -185,7 +193,7 @@ class BatchRunner:
             key = line.get("custom_id")
             if key not in wanted:
                 continue
-            response = line.get("response") or {}
+            response = line.get("response") if isinstance(line.get("response"), dict) else {}
             status, body = response.get("status_code"), response.get("body") or {}
             if status == 200:
                 usage = Usage.of(body)
@@ -201,8 +209,10 @@ class BatchRunner:
                 results.answered.add(key)
             else:
                 error = body.get("error") if isinstance(body, dict) else None
-                message = (error or {}).get("message") or (line.get("error") or {}).get("message") or "no detail"
-                retryable = status is None or status in RETRYABLE_STATUSES or status >= 500
+                line_error = line.get("error")
+                message = ((error or {}).get("message") if isinstance(error, dict) else None) \
+                    or (line_error.get("message") if isinstance(line_error, dict) else None) or "no detail"
+                retryable = not isinstance(status, int) or status in RETRYABLE_STATUSES or status >= 500
                 results.errors[key] = (self.client.scrub(f"HTTP {status}: {message}"), retryable)
         for key in wanted - results.answered - set(results.errors):
             detail = "; ".join(e.message or "" for e in (batch.errors.data or [])) if batch.errors else ""

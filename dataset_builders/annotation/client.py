@@ -95,8 +95,15 @@ class Usage:
 
     @classmethod
     def of(cls, completion: dict) -> "Usage":
-        usage = completion.get("usage") or {}
-        return cls(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+        """The usage a completion reports (zeros where it reports none or nonsense)."""
+        usage = completion.get("usage") if isinstance(completion, dict) else None
+        if not isinstance(usage, dict):
+            return cls()
+        counts = []
+        for name in ("prompt_tokens", "completion_tokens"):
+            value = usage.get(name)
+            counts.append(value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0)
+        return cls(*counts)
 
 
 @dataclass
@@ -209,10 +216,12 @@ class JudgeClient:
     def rewards_of(self, completion: dict) -> dict:
         """The rewards in a chat completion (a dict as the API returns it); InvalidAnswer if none."""
         choices = completion.get("choices") if isinstance(completion, dict) else None
-        if not choices or not isinstance(choices[0], dict):
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
             raise InvalidAnswer("the completion has no choices")
         choice = choices[0]
-        message = choice.get("message") or {}
+        message = choice.get("message")
+        if not isinstance(message, dict):
+            raise InvalidAnswer("the completion has no message")
         if message.get("refusal"):
             raise InvalidAnswer(f"the judge refused: {message['refusal']}")
         if choice.get("finish_reason") == "length":
@@ -266,7 +275,7 @@ class JudgeClient:
             except (json.JSONDecodeError, UnicodeDecodeError) as err:  # a 200 whose body is not JSON
                 problem = f"the response body is not JSON ({err})"
             else:
-                usage = Usage.of(completion) if isinstance(completion, dict) else Usage()
+                usage = Usage.of(completion)
                 outcome.usage += usage
                 self._unreachable_items = 0
                 try:

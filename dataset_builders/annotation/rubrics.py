@@ -141,8 +141,8 @@ class Rubric:
 
     def parse(self, content: str | None) -> dict:
         """The rewards of an answer's text; InvalidAnswer when it is not a valid answer."""
-        if content is None or not content.strip():
-            raise InvalidAnswer("empty answer")
+        if not isinstance(content, str) or not content.strip():
+            raise InvalidAnswer("empty answer" if not content else f"expected the answer as text, got {type(content).__name__}")
         try:
             answer = json.loads(content)
         except json.JSONDecodeError as err:
