@@ -182,3 +182,28 @@ def tiny_sd3_components(seed: int = 0, in_channels: int = 4, latent_channels: in
         "image_encoder": None,
         "feature_extractor": None,
     }
+
+
+def tiny_reward_pix2pix_pipeline(seed: int = 0, perturb: float = 0.0):
+    """A ``RewardConditionedPix2PixPipeline`` on the tiny InstructPix2Pix components.
+
+    The conditioner starts untrained (zero-initialised outputs: the pipeline then reproduces
+    InstructPix2Pix exactly). ``perturb`` > 0 adds seeded Gaussian noise of that scale to every
+    conditioner weight, standing in for a trained one whose rewards change the images.
+    """
+    from editforge.pipelines import RewardConditionedPix2PixPipeline, RewardConditioner
+
+    components = tiny_instruct_pix2pix_components(seed)
+    conditioner = RewardConditioner.from_unet(
+        components["unet"], feedback_dim=components["text_encoder"].config.hidden_size
+    )
+    if perturb:
+        generator = torch.Generator().manual_seed(seed + 1)
+        with torch.no_grad():
+            for parameter in conditioner.parameters():
+                parameter.add_(perturb * torch.randn(parameter.shape, generator=generator))
+    pipe = RewardConditionedPix2PixPipeline(
+        **components, reward_conditioner=conditioner, requires_safety_checker=False
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
