@@ -18,6 +18,7 @@ from .errors import EditforgeError
 # (name, module) in the order `editforge --help` lists them.
 COMMANDS = [
     ("synth", "editforge.commands.synth"),
+    ("publish-pipeline", "editforge.commands.publish_pipeline"),
 ]
 
 

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from editforge.pipelines import RewardConditionedPix2PixPipeline, RewardConditioner
-from editforge.testing.tiny_models import tiny_reward_pix2pix_pipeline, tiny_unet
+from editforge.testing.tiny_models import save_tiny_unet_lora, tiny_reward_pix2pix_pipeline, tiny_unet
 
 PROMPTS = ["make the red circle blue", "remove the green square"]
 
@@ -176,19 +176,12 @@ def test_callback_on_step_end_sees_and_can_replace_latents(trained):
 
 
 def test_unet_lora_loads_beside_the_conditioner_and_keeps_its_own_file(tmp_path):
-    from diffusers import StableDiffusionInstructPix2PixPipeline
-    from peft import LoraConfig
-    from peft.utils import get_peft_model_state_dict
     from safetensors.torch import load_file
 
     source = tiny_reward_pix2pix_pipeline(perturb=0.2)
-    source.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
-                                       target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    lora_file = save_tiny_unet_lora(source.unet, tmp_path, weight_name="lora.safetensors")
     with_lora_in_place = edit(source, rewards=[2, 5, 5])
-    StableDiffusionInstructPix2PixPipeline.save_lora_weights(
-        tmp_path, unet_lora_layers=get_peft_model_state_dict(source.unet), weight_name="lora.safetensors"
-    )
-    keys = load_file(tmp_path / "lora.safetensors").keys()
+    keys = load_file(lora_file).keys()
     assert keys and all("lora" in key for key in keys) and not any("reward" in key for key in keys)
 
     pipe = tiny_reward_pix2pix_pipeline(perturb=0.2)

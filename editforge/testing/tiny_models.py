@@ -207,3 +207,21 @@ def tiny_reward_pix2pix_pipeline(seed: int = 0, perturb: float = 0.0):
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def save_tiny_unet_lora(unet, folder, weight_name: str = "pytorch_lora_weights.safetensors", rank: int = 4, seed: int = 0):
+    """Add a random (non-zero) LoRA adapter to ``unet``'s attention layers and save it the way
+    ``load_lora_weights(folder, weight_name=...)`` reads it; return the file's path."""
+    from pathlib import Path
+
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    torch.manual_seed(seed)
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=False,
+                                target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    StableDiffusionInstructPix2PixPipeline.save_lora_weights(
+        folder, unet_lora_layers=get_peft_model_state_dict(unet), weight_name=weight_name
+    )
+    return Path(folder) / weight_name
