@@ -127,6 +127,16 @@ def _conditioner_summary(staging: Path) -> dict:
     }
 
 
+def _card_metadata(readme: Path) -> dict:
+    """base_model, datasets and license from an existing model card's YAML header."""
+    if not readme.is_file():
+        return {}
+    from huggingface_hub import ModelCard
+
+    data = ModelCard.load(readme).data
+    return {"base_model": data.base_model, "datasets": data.datasets, "license": data.license}
+
+
 def _rewrite_model_index(staging: Path) -> None:
     index_path = staging / "model_index.json"
     index = json.loads(index_path.read_text(encoding="utf-8"))
@@ -152,7 +162,7 @@ def publish_pipeline(
     repo_id: str | None = None,
     base_model: str | None = None,
     datasets: str | Iterable[str] | None = None,
-    license: str = "apache-2.0",
+    license: str | None = None,
     training: Mapping[str, object] | None = None,
     results: str | None = None,
     lora_weights: str | os.PathLike | None = None,
@@ -167,7 +177,8 @@ def publish_pipeline(
             installed code.
         out_dir: the repo folder to write; it must be empty or absent unless ``overwrite``.
         repo_id: the Hub id the card's examples use (default: ``<your-name>/<out_dir name>``).
-        base_model, datasets, license: card metadata.
+        base_model, datasets, license: card metadata; for a folder with a README.md, its values
+            are kept where these are not given (license defaults to apache-2.0).
         training: settings shown as a table in the card (steps, learning rate, reward dropout, ...).
         results: markdown shown in the card's Results section.
         lora_weights: a UNet LoRA safetensors file to ship beside the pipeline (keys must contain
@@ -198,12 +209,13 @@ def publish_pipeline(
         shutil.copy2(_source_file(PIPELINE_SOURCE), staging / f"{PIPELINE_FILE}.py")
         shutil.copy2(_source_file(CONDITIONER_SOURCE), staging / CONDITIONER_FOLDER / f"{CONDITIONER_FILE}.py")
         _rewrite_model_index(staging)
+        known = _card_metadata(source / "README.md") if source is not None else {}
         write_model_card(
             staging,
             repo_id=repo_id or f"<your-name>/{out_dir.resolve().name}",
-            base_model=base_model,
-            datasets=datasets,
-            license=license,
+            base_model=base_model or known.get("base_model"),
+            datasets=datasets or known.get("datasets"),
+            license=license or known.get("license") or "apache-2.0",
             training=training,
             results=results,
         )

@@ -164,8 +164,10 @@ def test_save_pretrained_and_republish_round_trips(hub, tmp_path):
     remote = DiffusionPipeline.from_pretrained(hub["published"], trust_remote_code=True)
     republished = publish_pipeline(remote, tmp_path / "republished")
     assert np.array_equal(edit(DiffusionPipeline.from_pretrained(republished, trust_remote_code=True)), hub["expected"])
-    # a folder publishes too (weights copied byte for byte)
+    # a folder publishes too (weights copied byte for byte; an existing card's metadata is kept)
     from_folder = publish_pipeline(saved, tmp_path / "from-folder")
+    card = (publish_pipeline(hub["published"], tmp_path / "from-published") / "README.md").read_text()
+    assert "base_model: org/plain-pix2pix" in card and "- org/reward-edits" in card
     assert (from_folder / "unet/diffusion_pytorch_model.safetensors").read_bytes() == (saved / "unet/diffusion_pytorch_model.safetensors").read_bytes()
     assert np.array_equal(edit(DiffusionPipeline.from_pretrained(from_folder, trust_remote_code=True)), hub["expected"])
 
@@ -206,3 +208,11 @@ def test_cli_publish_pipeline(hub, tmp_path):
     missing = subprocess.run([sys.executable, "-m", "editforge", "publish-pipeline", str(tmp_path / "nope"), str(tmp_path / "x")],
                              capture_output=True, text=True)
     assert missing.returncode == 2 and "nope is not a folder" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_model_card_renderer_names_its_templates():
+    from editforge.model_cards import render_model_card, template_names
+
+    assert "reward_pix2pix" in template_names()
+    with pytest.raises(ValueError, match="unknown model card template 'nope'; available: .*reward_pix2pix"):
+        render_model_card("nope")

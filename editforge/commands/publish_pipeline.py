@@ -11,9 +11,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("dir", metavar="DIR", help="pipeline folder (save_pretrained or training output)")
     parser.add_argument("out", metavar="OUT", help="repo folder to write (must be empty or absent)")
     parser.add_argument("--repo-id", help="Hub id used in the model card's examples, e.g. org/reward-pix2pix")
-    parser.add_argument("--base-model", help="Hub id of the base model, for the card")
+    parser.add_argument("--base-model", help="Hub id of the base model, for the card (default: DIR's card)")
     parser.add_argument("--dataset", action="append", default=None, help="Hub id of a training dataset (repeatable)")
-    parser.add_argument("--license", default="apache-2.0", help="license id for the card (default apache-2.0)")
+    parser.add_argument("--license", help="license id for the card (default: DIR's card, else apache-2.0)")
     parser.add_argument("--lora-weights", metavar="FILE", help="a UNet LoRA .safetensors file to ship beside the pipeline")
     parser.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty OUT")
 
