@@ -89,9 +89,12 @@ def build_pipelines(components: dict) -> dict:
 
     from editforge.pipelines import RewardConditionedPix2PixPipeline, RewardConditioner
 
-    conditioner = RewardConditioner.from_unet(components["unet"], feedback_dim=components["text_encoder"].config.hidden_size)
+    feedback_dim = components["text_encoder"].config.hidden_size
+    conditioner = RewardConditioner.from_unet(components["unet"], feedback_dim=feedback_dim)
     pipelines = {
-        "ours": RewardConditionedPix2PixPipeline(**components, reward_conditioner=conditioner, requires_safety_checker=False),
+        "ours": RewardConditionedPix2PixPipeline(
+            **components, reward_conditioner=conditioner, requires_safety_checker=False
+        ),
         "diffusers": StableDiffusionInstructPix2PixPipeline(**components, requires_safety_checker=False),
     }
     for pipe in pipelines.values():
@@ -110,7 +113,8 @@ def input_image():
 def run_once(pipe, image, **extra):
     import torch
 
-    return pipe("make the red circle blue", image=image, generator=torch.Generator().manual_seed(0), **SETTINGS, **extra).images
+    generator = torch.Generator().manual_seed(0)
+    return pipe("make the red circle blue", image=image, generator=generator, **SETTINGS, **extra).images
 
 
 def _status_mb(field: str) -> float:
@@ -204,7 +208,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="timed calls per pipeline (interleaved)")
     parser.add_argument("--memory-runs", type=int, default=2, help="fresh-process memory probes per pipeline")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: steadier on a shared machine)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: steadier when shared)")
     parser.add_argument("--out", type=Path, default=RESULT)
     parser.add_argument("--memory-probe", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -75,7 +75,8 @@ def _stage_from_folder(source: Path, staging: Path) -> None:
         # the index are written anew (code of any other component stays, and is refused later)
         folder = Path(folder)
         if folder == source:
-            return [n for n in names if n.endswith(".py") or n.startswith(".") or n in ("README.md", "model_index.json")]
+            regenerated = ("README.md", "model_index.json")
+            return [n for n in names if n.endswith(".py") or n.startswith(".") or n in regenerated]
         replaced = folder == source / CONDITIONER_FOLDER
         return [n for n in names if n == "__pycache__" or (replaced and n.endswith(".py"))]
 
@@ -85,7 +86,9 @@ def _stage_from_folder(source: Path, staging: Path) -> None:
 
 def _stage_from_pipeline(pipeline, staging: Path) -> None:
     if getattr(pipeline, CONDITIONER_FOLDER, None) is None:
-        raise UsageError(f"{type(pipeline).__name__} has no reward_conditioner component; nothing reward-conditioned to publish")
+        raise UsageError(
+            f"{type(pipeline).__name__} has no reward_conditioner component; nothing reward-conditioned to publish"
+        )
     for name in ("unet", "text_encoder"):
         if getattr(getattr(pipeline, name, None), "peft_config", None):
             raise UsageError(

@@ -103,8 +103,13 @@ class RewardConditionedPix2PixPipeline(StableDiffusionInstructPix2PixPipeline):
     def check_image(image) -> None:
         items = image if isinstance(image, list) else [image]
         if not items or not all(isinstance(item, _IMAGE_TYPES) for item in items):
-            found = type(image).__name__ if not isinstance(image, list) else f"a list holding {type(items[0]).__name__ if items else 'nothing'}"
-            raise TypeError(f"`image` must be a PIL image, a numpy array, a torch tensor or a list of them, got {found}")
+            if isinstance(image, list):
+                found = f"a list holding {type(items[0]).__name__ if items else 'nothing'}"
+            else:
+                found = type(image).__name__
+            raise TypeError(
+                f"`image` must be a PIL image, a numpy array, a torch tensor or a list of them, got {found}"
+            )
 
     def prepare_reward_scores(self, rewards, batch_size: int, num_images_per_prompt: int, device) -> torch.Tensor:
         """Target scores as a float tensor [batch_size * num_images_per_prompt, num_perspectives].
@@ -148,7 +153,9 @@ class RewardConditionedPix2PixPipeline(StableDiffusionInstructPix2PixPipeline):
             )
         return scores.repeat_interleave(num_images_per_prompt, dim=0).to(device)
 
-    def prepare_reward_feedback(self, reward_feedback, batch_size: int, num_images_per_prompt: int, device) -> torch.Tensor:
+    def prepare_reward_feedback(
+        self, reward_feedback, batch_size: int, num_images_per_prompt: int, device
+    ) -> torch.Tensor:
         """Pooled feedback embeddings [batch_size * num_images_per_prompt, feedback_dim].
 
         ``reward_feedback`` is ``None`` (no failures), a dict {perspective: failure text}, an already
@@ -190,7 +197,9 @@ class RewardConditionedPix2PixPipeline(StableDiffusionInstructPix2PixPipeline):
         elif image_latents.shape[0] == 1:
             image_latents = torch.cat([image_latents] * total, dim=0)
         elif image_latents.shape[0] != total:
-            raise ValueError(f"got {image_latents.shape[0]} images for {batch_size} prompts; give one image or one per prompt")
+            raise ValueError(
+                f"got {image_latents.shape[0]} images for {batch_size} prompts; give one image or one per prompt"
+            )
 
         if do_classifier_free_guidance:
             uncond_image_latents = torch.zeros_like(image_latents)

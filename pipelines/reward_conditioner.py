@@ -71,10 +71,14 @@ def join_reward_feedback(feedback: Mapping[str, str] | str | None, perspectives:
     if isinstance(feedback, str):
         return feedback
     if not isinstance(feedback, Mapping):
-        raise TypeError(f"reward feedback must be a dict {{perspective: text}} or a string, got {type(feedback).__name__}")
+        raise TypeError(
+            f"reward feedback must be a dict {{perspective: text}} or a string, got {type(feedback).__name__}"
+        )
     unknown = sorted(set(feedback) - set(perspectives))
     if unknown:
-        raise ValueError(f"unknown reward perspective {unknown[0]!r} in feedback; expected one of {', '.join(perspectives)}")
+        raise ValueError(
+            f"unknown reward perspective {unknown[0]!r} in feedback; expected one of {', '.join(perspectives)}"
+        )
     return FEEDBACK_SEPARATOR.join((feedback.get(p) or NO_FAILURE) for p in perspectives)
 
 
@@ -137,10 +141,9 @@ class RewardConditioner(ModelMixin, ConfigMixin):
         freq_shift: float = 0.0,
     ):
         super().__init__()
-        if latent_channels % num_attention_heads:
-            raise ValueError(f"latent_channels ({latent_channels}) must be divisible by num_attention_heads ({num_attention_heads})")
-        if latent_channels % norm_num_groups:
-            raise ValueError(f"latent_channels ({latent_channels}) must be divisible by norm_num_groups ({norm_num_groups})")
+        for name, divisor in (("num_attention_heads", num_attention_heads), ("norm_num_groups", norm_num_groups)):
+            if latent_channels % divisor:
+                raise ValueError(f"latent_channels ({latent_channels}) must be divisible by {name} ({divisor})")
         scores_dim = len(perspectives) * score_embed_dim
 
         # scores -> sinusoidal projection -> MLPs to the time embedding and to the first reward token
@@ -220,8 +223,8 @@ class RewardConditioner(ModelMixin, ConfigMixin):
         batch, num_scores = scores.shape
         if num_scores != len(self.config.perspectives) or feedback_embeds.shape != (batch, self.config.feedback_dim):
             raise ValueError(
-                f"expected scores [B, {len(self.config.perspectives)}] and feedback_embeds [B, {self.config.feedback_dim}],"
-                f" got {tuple(scores.shape)} and {tuple(feedback_embeds.shape)}"
+                f"expected scores [B, {len(self.config.perspectives)}] and feedback_embeds"
+                f" [B, {self.config.feedback_dim}], got {tuple(scores.shape)} and {tuple(feedback_embeds.shape)}"
             )
         dtype = self.null_scores.dtype
         projected = self.score_proj(scores.reshape(-1)).reshape(batch, -1).to(dtype)

@@ -14,7 +14,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--base-model", help="Hub id of the base model, for the card (default: DIR's card)")
     parser.add_argument("--dataset", action="append", default=None, help="Hub id of a training dataset (repeatable)")
     parser.add_argument("--license", help="license id for the card (default: DIR's card, else apache-2.0)")
-    parser.add_argument("--lora-weights", metavar="FILE", help="a UNet LoRA .safetensors file to ship beside the pipeline")
+    parser.add_argument(
+        "--lora-weights", metavar="FILE", help="a UNet LoRA .safetensors file to ship beside the pipeline"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty OUT")
 
 
