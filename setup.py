@@ -42,6 +42,7 @@ INSTALL_REQUIRES = [
     "pillow>=13.0.0",
     "numpy>=2.4.0",
     "tqdm>=4.70.0",
+    "jinja2>=3.1.0",  # model cards (huggingface_hub.ModelCard.from_template)
 ]
 
 EXTRAS = {

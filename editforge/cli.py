@@ -20,6 +20,7 @@ COMMANDS = [
     ("synth", "editforge.commands.synth"),
     ("annotate", "editforge.commands.annotate"),
     ("build-dataset", "editforge.commands.build_dataset"),
+    ("publish-pipeline", "editforge.commands.publish_pipeline"),
 ]
 
 

@@ -182,3 +182,46 @@ def tiny_sd3_components(seed: int = 0, in_channels: int = 4, latent_channels: in
         "image_encoder": None,
         "feature_extractor": None,
     }
+
+
+def tiny_reward_pix2pix_pipeline(seed: int = 0, perturb: float = 0.0):
+    """A ``RewardConditionedPix2PixPipeline`` on the tiny InstructPix2Pix components.
+
+    The conditioner starts untrained (zero-initialised outputs: the pipeline then reproduces
+    InstructPix2Pix exactly). ``perturb`` > 0 adds seeded Gaussian noise of that scale to every
+    conditioner weight, standing in for a trained one whose rewards change the images.
+    """
+    from editforge.pipelines import RewardConditionedPix2PixPipeline, RewardConditioner
+
+    components = tiny_instruct_pix2pix_components(seed)
+    conditioner = RewardConditioner.from_unet(
+        components["unet"], feedback_dim=components["text_encoder"].config.hidden_size
+    )
+    if perturb:
+        generator = torch.Generator().manual_seed(seed + 1)
+        with torch.no_grad():
+            for parameter in conditioner.parameters():
+                parameter.add_(perturb * torch.randn(parameter.shape, generator=generator))
+    pipe = RewardConditionedPix2PixPipeline(
+        **components, reward_conditioner=conditioner, requires_safety_checker=False
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def save_tiny_unet_lora(unet, folder, weight_name: str = "pytorch_lora_weights.safetensors", rank: int = 4, seed: int = 0):
+    """Add a random (non-zero) LoRA adapter to ``unet``'s attention layers and save it the way
+    ``load_lora_weights(folder, weight_name=...)`` reads it; return the file's path."""
+    from pathlib import Path
+
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    torch.manual_seed(seed)
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=False,
+                                target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    StableDiffusionInstructPix2PixPipeline.save_lora_weights(
+        folder, unet_lora_layers=get_peft_model_state_dict(unet), weight_name=weight_name
+    )
+    return Path(folder) / weight_name
