@@ -17,10 +17,12 @@ from .errors import EditforgeError
 
 # (name, module) in the order `editforge --help` lists them.
 COMMANDS = [
+    ("demo", "editforge.commands.demo"),
     ("synth", "editforge.commands.synth"),
     ("annotate", "editforge.commands.annotate"),
     ("build-dataset", "editforge.commands.build_dataset"),
     ("publish-pipeline", "editforge.commands.publish_pipeline"),
+    ("train", "editforge.commands.train"),
 ]
 
 

@@ -245,7 +245,9 @@ class RewardConditioner(ModelMixin, ConfigMixin):
         hidden = hidden.permute(0, 2, 3, 1).reshape(batch, height * width, channels)
         hidden = self.attention_norm(hidden + self.attention(hidden, encoder_hidden_states=reward_tokens))
         hidden = self.feed_forward_norm(hidden + self.feed_forward(hidden))
-        hidden = hidden.reshape(batch, height, width, channels).permute(0, 3, 1, 2)
+        # contiguous: a channels-last result would send the UNet's next GroupNorm down a CPU
+        # backward kernel that crashes when its own weights are frozen (LoRA training, torch 2.13)
+        hidden = hidden.reshape(batch, height, width, channels).permute(0, 3, 1, 2).contiguous()
         return features + self.proj_out(hidden).to(features.dtype)
 
     @contextlib.contextmanager

@@ -7,7 +7,8 @@ The two agree exactly whenever the oracle reads the pixels right.
 
 Instruction following (what was asked happened):
     5 done; 3 added at the wrong place; 2 wrong colour or wrong shape; 1 wrong object, wrong
-    style or a different edit; 0 no change.
+    style, a different edit, or a global edit (background, style) of an image that no longer shows
+    the scene; 0 no change.
 Detail preserving (nothing else changed), 5 minus penalties, at least 0:
     another shape disappeared -3; appeared -2; recoloured or reshaped -2; moved -2;
     background changed when not asked -3; the whole image restyled when not asked -4.
@@ -97,8 +98,22 @@ def _shape_changed_elsewhere(source: Scene, result: Scene, exclude: int, predica
     return None
 
 
+def scene_kept(source: Scene, result: Scene) -> bool:
+    """Whether the result still shows the source's scene: at least half of the slots that held a
+    shape still hold one (of any colour or kind, anywhere in the slot). A global edit (background,
+    style) of an image it destroyed has not been carried out."""
+    occupied = [s.slot for s in source.shapes]
+    kept = sum(result.shape_in(slot) is not None for slot in occupied)
+    return 2 * kept >= len(occupied)
+
+
+LOST_SCENE = "the edited image no longer shows the scene"
+
+
 def instruction_following(source: Scene, edit: Edit, result: Scene, result_style: str | None) -> Judgement:
     """Did the result do what the instruction asked?"""
+    if edit.task in ("style_change", "background_change") and not scene_kept(source, result):
+        return Judgement(1, LOST_SCENE)
     if edit.task == "style_change":
         wanted = STYLES[edit.style].caption_suffix
         if result_style == edit.style:

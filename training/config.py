@@ -1,0 +1,157 @@
+"""Training configuration as dataclasses, parsed into diffusers-style command-line flags.
+
+:class:`EditTrainingConfig` holds what every editforge training script shares (model, data,
+resolution, optimisation, checkpoints, LoRA, validation, logging, Hub). A script subclasses it
+with its method's fields and parses ``argv`` with :func:`parse_config`; every field becomes a
+``--field_name`` flag, booleans become switches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence, TypeVar
+
+from editforge.errors import UsageError
+
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+TRACKERS = ("jsonl", "tensorboard", "wandb", "none")
+
+
+def _help(text: str, **kwargs):
+    return field(metadata={"help": text}, **kwargs)
+
+
+@dataclass
+class EditTrainingConfig:
+    """Settings shared by the training scripts (one flag each, diffusers' names where they exist)."""
+
+    pretrained_model_name_or_path: str = _help("base pipeline: a local folder or a Hub repo id", default="")
+    output_dir: str = _help("where checkpoints, logs and the final pipeline go", default="editforge-model")
+    dataset_name: str = _help("dataset in editforge's canonical features: a local folder or a Hub id", default="")
+    dataset_config_name: str | None = _help("dataset config (subset) name", default=None)
+    dataset_split: str = _help("split to train on", default="train")
+    validation_split: str | None = _help("split whose first examples are edited at each validation", default=None)
+    revision: str | None = _help("revision of the base model on the Hub", default=None)
+    cache_dir: str | None = _help("Hub cache folder", default=None)
+    max_train_samples: int | None = _help("keep only the first N training examples", default=None)
+
+    resolution: int = _help("training resolution: the shorter side, or the area's side with buckets", default=512)
+    center_crop: bool = _help("crop the centre instead of a random crop (the same for source and edited)", default=False)
+    aspect_ratio_buckets: bool = _help(
+        "keep aspect ratios: batch examples by the nearest of a set of shapes of about resolution^2 pixels",
+        default=False,
+    )
+
+    train_batch_size: int = _help("batch size per device", default=4)
+    gradient_accumulation_steps: int = _help("steps to accumulate before an optimiser step", default=1)
+    max_train_steps: int = _help("optimiser steps to train for", default=1000)
+    learning_rate: float = _help("peak learning rate", default=1e-4)
+    lr_scheduler: str = _help(f"one of {', '.join(LR_SCHEDULERS)}", default="constant")
+    lr_warmup_steps: int = _help("linear warm-up steps", default=0)
+    adam_beta1: float = _help("AdamW beta1", default=0.9)
+    adam_beta2: float = _help("AdamW beta2", default=0.999)
+    adam_weight_decay: float = _help("AdamW weight decay", default=1e-2)
+    adam_epsilon: float = _help("AdamW epsilon", default=1e-8)
+    max_grad_norm: float = _help("gradient clipping norm", default=1.0)
+    mixed_precision: str = _help(f"one of {', '.join(MIXED_PRECISION)}", default="no")
+    seed: int = _help("seed of initialisation, data order, noise and dropout", default=0)
+
+    full: bool = _help("train the whole UNet instead of a LoRA adapter", default=False)
+    rank: int = _help("LoRA rank of the UNet adapter", default=4)
+    lora_alpha: int | None = _help("LoRA alpha (default: the rank)", default=None)
+    train_text_encoder: bool = _help("train the text encoder too (fully)", default=False)
+    snr_gamma: float | None = _help("min-SNR loss weighting gamma (5.0 is the paper's choice); off by default", default=None)
+    prediction_type: str | None = _help("epsilon or v_prediction (default: the base scheduler's)", default=None)
+    cache_latents: bool = _help("encode every image once with the frozen VAE before training", default=False)
+
+    checkpointing_steps: int = _help("save a resumable checkpoint every N steps (0: never)", default=500)
+    checkpoints_total_limit: int | None = _help("keep at most N checkpoints", default=None)
+    resume_from_checkpoint: str | None = _help("a checkpoint folder, or 'latest'", default=None)
+
+    validation_steps: int = _help("edit validation images every N steps (0: only at the end)", default=0)
+    num_validation_images: int = _help("validation examples edited each time", default=4)
+    validation_inference_steps: int = _help("sampling steps of validation edits", default=20)
+    validation_guidance_scale: float = _help("text guidance of validation edits", default=7.5)
+    validation_image_guidance_scale: float = _help("image guidance of validation edits", default=1.5)
+
+    report_to: str = _help(f"tracker: one of {', '.join(TRACKERS)} (jsonl writes logs/metrics.jsonl)", default="jsonl")
+    logging_steps: int = _help("log the loss every N steps", default=10)
+    dataloader_num_workers: int = _help("data loader worker processes", default=0)
+    push_to_hub: bool = _help("upload the final pipeline folder to the Hub", default=False)
+    hub_model_id: str | None = _help("repo id for --push_to_hub (default: the output folder's name)", default=None)
+    progress: bool = _help("show progress bars", default=True)
+
+    def validate(self) -> None:
+        """Raise UsageError naming the first bad setting."""
+        checks = [
+            (self.pretrained_model_name_or_path, "--pretrained_model_name_or_path is required"),
+            (self.dataset_name, "--dataset_name is required"),
+            (self.resolution >= 8 and self.resolution % 8 == 0, f"--resolution must be a multiple of 8, got {self.resolution}"),
+            (self.train_batch_size >= 1, f"--train_batch_size must be at least 1, got {self.train_batch_size}"),
+            (self.gradient_accumulation_steps >= 1, "--gradient_accumulation_steps must be at least 1"),
+            (self.max_train_steps >= 1, f"--max_train_steps must be at least 1, got {self.max_train_steps}"),
+            (self.learning_rate > 0, f"--learning_rate must be positive, got {self.learning_rate}"),
+            (self.lr_scheduler in LR_SCHEDULERS, f"--lr_scheduler must be one of {', '.join(LR_SCHEDULERS)}"),
+            (self.mixed_precision in MIXED_PRECISION, f"--mixed_precision must be one of {', '.join(MIXED_PRECISION)}"),
+            (self.rank >= 1, f"--rank must be at least 1, got {self.rank}"),
+            (self.report_to in TRACKERS, f"--report_to must be one of {', '.join(TRACKERS)}"),
+            (self.prediction_type in (None, "epsilon", "v_prediction"), "--prediction_type must be epsilon or v_prediction"),
+            (self.snr_gamma is None or self.snr_gamma > 0, "--snr_gamma must be positive"),
+            (self.checkpointing_steps >= 0, "--checkpointing_steps must be 0 or more"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UsageError(message)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+
+ConfigT = TypeVar("ConfigT", bound=EditTrainingConfig)
+
+
+def _flag_type(annotation):
+    """(argparse type, is_bool) of a dataclass field annotation such as ``int | None``."""
+    if isinstance(annotation, str):
+        annotation = eval(annotation, vars(typing), {})  # annotations are strings under __future__
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        annotation = args[0]
+    return annotation, annotation is bool
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, config_class) -> argparse.ArgumentParser:
+    """One ``--name`` flag per field of a dataclass (booleans as ``--name/--no-name`` switches)."""
+    for item in dataclasses.fields(config_class):
+        kind, is_bool = _flag_type(item.type)
+        help_text = item.metadata.get("help", "")
+        if is_bool:
+            parser.add_argument(
+                f"--{item.name}", action=argparse.BooleanOptionalAction, default=item.default, help=help_text
+            )
+        else:
+            parser.add_argument(f"--{item.name}", type=kind, default=item.default, help=f"{help_text} (default: {item.default})")
+    return parser
+
+
+def build_parser(config_class: type[ConfigT], prog: str | None = None, description: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description or config_class.__doc__)
+    return add_dataclass_arguments(parser, config_class)
+
+
+def parse_config(config_class: type[ConfigT], argv: Sequence[str] | None = None, prog: str | None = None) -> ConfigT:
+    """Parse flags into a validated config (bad values raise UsageError)."""
+    args = build_parser(config_class, prog=prog).parse_args(argv)
+    config = config_class(**vars(args))
+    config.validate()
+    return config

@@ -1,0 +1,192 @@
+"""Training data: canonical edit datasets, resolution and aspect-ratio handling, batching.
+
+Datasets are loaded with ``load_dataset`` from a local folder or a Hub id and must carry
+editforge's canonical edit features (``source_image``, ``edited_image``, ``instruction``, and
+``rewards`` for reward-conditioned training; see ``editforge.dataset_builders.features``).
+
+Resolution: by default every example is resized so its shorter side is ``resolution`` and cropped
+to a square (centre or a seeded random crop, the same window for source and edited). With
+aspect-ratio buckets, each example goes to the bucket shape (a multiple of 64 pixels per side,
+about ``resolution**2`` pixels) nearest its aspect ratio, and every batch holds one shape.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from editforge.errors import UsageError
+
+REQUIRED_COLUMNS = ("source_image", "edited_image", "instruction")
+PERSPECTIVES = ("instruction_following", "detail_preserving", "generation_quality")
+
+
+def load_edit_dataset(name_or_path: str, config_name: str | None = None, split: str = "train",
+                      cache_dir: str | None = None, max_samples: int | None = None, require_rewards: bool = False):
+    """An edit-triplet ``datasets.Dataset`` from a local folder or a Hub id, checked for the
+    canonical columns. With ``require_rewards``, rows whose rewards are missing are left out
+    (and counted in ``dataset.info.description``); none is ever filled in."""
+    from datasets import load_dataset
+
+    try:
+        dataset = load_dataset(name_or_path, config_name, split=split, cache_dir=cache_dir)
+    except (FileNotFoundError, ValueError) as err:
+        raise UsageError(f"cannot load dataset {name_or_path!r} (config {config_name!r}, split {split!r}): {err}") from None
+    missing = [c for c in REQUIRED_COLUMNS + (("rewards",) if require_rewards else ()) if c not in dataset.column_names]
+    if missing:
+        raise UsageError(
+            f"dataset {name_or_path!r} lacks column(s) {', '.join(missing)}; build it with "
+            "`editforge build-dataset` to get editforge's canonical features"
+        )
+    if max_samples is not None:
+        dataset = dataset.select(range(min(max_samples, len(dataset))))
+    if require_rewards:
+        keep = [i for i, r in enumerate(dataset["rewards"]) if rewards_complete(r)]
+        if not keep:
+            raise UsageError(f"no example of {name_or_path!r} has all three reward scores; annotate it first")
+        dropped = len(dataset) - len(keep)
+        if dropped:
+            dataset = dataset.select(keep)
+        dataset.info.description = f"{dropped} examples without complete rewards left out"
+    if len(dataset) == 0:
+        raise UsageError(f"dataset {name_or_path!r} split {split!r} is empty")
+    return dataset
+
+
+def rewards_complete(rewards) -> bool:
+    return isinstance(rewards, dict) and all(
+        isinstance(rewards.get(p), dict) and rewards[p].get("score") is not None for p in PERSPECTIVES
+    )
+
+
+def reward_scores(rewards) -> list[float]:
+    return [float(rewards[p]["score"]) for p in PERSPECTIVES]
+
+
+def reward_feedback(rewards) -> dict[str, str]:
+    return {p: (rewards[p].get("feedback") or "None") for p in PERSPECTIVES}
+
+
+def bucket_shapes(resolution: int, step: int = 64, max_ratio: float = 4.0) -> list[tuple[int, int]]:
+    """(width, height) shapes, multiples of ``step``, of about ``resolution**2`` pixels."""
+    step = min(step, resolution)
+    area = resolution * resolution
+    shapes = set()
+    for width in range(step, int(resolution * math.sqrt(max_ratio)) + step, step):
+        height = max(step, int(round(area / width / step)) * step)
+        if 1 / max_ratio <= width / height <= max_ratio:
+            shapes.add((width, height))
+    return sorted(shapes)
+
+
+def nearest_bucket(width: int, height: int, shapes: Sequence[tuple[int, int]]) -> tuple[int, int]:
+    ratio = math.log(width / height)
+    return min(shapes, key=lambda s: abs(math.log(s[0] / s[1]) - ratio))
+
+
+def _to_tensor(image: Image.Image) -> torch.Tensor:
+    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+def fit(images: Sequence[Image.Image], width: int, height: int, offset: tuple[float, float] = (0.5, 0.5)) -> list[Image.Image]:
+    """Resize images (all the same size) to cover ``width x height`` and crop there; ``offset``
+    places the window (0.5, 0.5 = centre), the same for every image."""
+    source_w, source_h = images[0].size
+    scale = max(width / source_w, height / source_h)
+    new_w, new_h = max(width, round(source_w * scale)), max(height, round(source_h * scale))
+    left = int(round((new_w - width) * offset[0]))
+    top = int(round((new_h - height) * offset[1]))
+    out = []
+    for image in images:
+        if image.size != (new_w, new_h):
+            image = image.resize((new_w, new_h), Image.BICUBIC)
+        out.append(image.crop((left, top, left + width, top + height)))
+    return out
+
+
+@dataclass
+class EditExamples(torch.utils.data.Dataset):
+    """A canonical edit dataset as training examples: pixel tensors in [-1, 1] at the example's
+    shape, the instruction and, when present, reward scores [3] and feedback per perspective."""
+
+    dataset: object
+    shapes: list[tuple[int, int]]
+    center_crop: bool = True
+    seed: int = 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        row = self.dataset[index]
+        width, height = self.shapes[index]
+        if row["source_image"].size != row["edited_image"].size:
+            raise UsageError(f"example {row.get('id', index)!r}: source and edited images differ in size")
+        if self.center_crop:
+            offset = (0.5, 0.5)
+        else:  # seeded per example, so a resumed run sees the same crops
+            rng = random.Random(f"{self.seed}:{row.get('id', index)}")
+            offset = (rng.random(), rng.random())
+        source, edited = fit([row["source_image"], row["edited_image"]], width, height, offset)
+        example = {"index": index, "source": _to_tensor(source), "edited": _to_tensor(edited), "instruction": row["instruction"]}
+        rewards = row.get("rewards")
+        if rewards_complete(rewards):
+            example["scores"] = torch.tensor(reward_scores(rewards))
+            example["feedback"] = reward_feedback(rewards)
+        return example
+
+
+def example_shapes(dataset, resolution: int, aspect_ratio_buckets: bool) -> list[tuple[int, int]]:
+    """The training shape of every example (one square, or its aspect-ratio bucket)."""
+    if not aspect_ratio_buckets:
+        return [(resolution, resolution)] * len(dataset)
+    shapes = bucket_shapes(resolution)
+    if "width" in dataset.column_names and "height" in dataset.column_names:
+        sizes = zip(dataset["width"], dataset["height"])
+    else:
+        sizes = (row["source_image"].size for row in dataset)
+    return [nearest_bucket(w, h, shapes) for w, h in sizes]
+
+
+class ShapeBatchSampler(torch.utils.data.Sampler):
+    """Batches of indices that share one shape, shuffled by (seed, epoch): the same every run."""
+
+    def __init__(self, shapes: Sequence[tuple[int, int]], batch_size: int, seed: int = 0, drop_last: bool = True):
+        self.groups: dict[tuple[int, int], list[int]] = {}
+        for index, shape in enumerate(shapes):
+            self.groups.setdefault(shape, []).append(index)
+        self.batch_size, self.seed, self.drop_last, self.epoch = batch_size, seed, drop_last, 0
+        if drop_last and all(len(g) < batch_size for g in self.groups.values()):
+            raise UsageError(
+                f"no shape has a full batch of {batch_size} examples; lower --train_batch_size "
+                f"(largest group: {max(len(g) for g in self.groups.values())})"
+            )
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _batches(self) -> list[list[int]]:
+        rng = random.Random(self.seed * 1_000_003 + self.epoch)
+        batches = []
+        for shape in sorted(self.groups):
+            indices = list(self.groups[shape])
+            rng.shuffle(indices)
+            for start in range(0, len(indices), self.batch_size):
+                batch = indices[start: start + self.batch_size]
+                if len(batch) == self.batch_size or not self.drop_last:
+                    batches.append(batch)
+        rng.shuffle(batches)
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self._batches())
+
+    def __len__(self) -> int:
+        return len(self._batches())
