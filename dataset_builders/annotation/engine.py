@@ -413,7 +413,8 @@ def annotate_source(source: TripletSource, out: str | os.PathLike, *, rubric: st
 
 
 def annotate_manifest(manifest: str | os.PathLike, out: str | os.PathLike, **kwargs) -> AnnotationReport:
-    """Judge every triplet of a manifest (file, or folder holding ``manifest.jsonl``) into ``out``.
+    """Judge every triplet of a manifest (file, or folder holding ``manifest.jsonl``), or of a
+    canonical dataset folder (``config``, ``split``), into ``out``.
 
     Keyword arguments: ``rubric`` ("multi-reward" or "viescore-edit"), ``judge`` ("oracle" for
     the built-in loopback judge, or None for ``base_url``/``OPENAI_BASE_URL`` with
@@ -424,4 +425,5 @@ def annotate_manifest(manifest: str | os.PathLike, out: str | os.PathLike, **kwa
     has no rewards), ``progress``, ``pricing`` (:class:`Pricing`), ``policy``
     (:class:`RetryPolicy`), ``poll_interval`` (seconds between batch polls).
     """
-    return annotate_source(open_source(manifest), out, **kwargs)
+    config, split = kwargs.pop("config", None), kwargs.pop("split", "train")
+    return annotate_source(open_source(manifest, config=config, split=split), out, **kwargs)

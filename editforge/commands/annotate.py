@@ -15,7 +15,11 @@ RUBRIC_CHOICES = ("multi-reward", "viescore-edit")
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("manifest", metavar="MANIFEST", help="triplet manifest (manifest.jsonl, or a folder holding one)")
+    parser.add_argument("manifest", metavar="MANIFEST",
+                        help="triplet manifest (manifest.jsonl, or a folder holding one), or a dataset folder "
+                             "written by build-dataset")
+    parser.add_argument("--config", default=None, help="dataset config to annotate (dataset folders only)")
+    parser.add_argument("--split", default="train", help="dataset split to annotate (dataset folders only; default train)")
     parser.add_argument("--out", required=True, metavar="OUT.jsonl", help="output JSONL: the input lines plus rewards, judge, usage")
     parser.add_argument("--rubric", choices=RUBRIC_CHOICES, default="multi-reward",
                         help="multi-reward: three 0..5 scores with feedback; viescore-edit: SC, PQ, O on 0..10 (default multi-reward)")
@@ -59,7 +63,7 @@ def run(args) -> int:
     from editforge.dataset_builders.annotation import Pricing, RetryPolicy, annotate_manifest
 
     report = annotate_manifest(
-        args.manifest, out, rubric=args.rubric, judge=args.judge, base_url=args.base_url, model=args.model,
+        args.manifest, out, config=args.config, split=args.split, rubric=args.rubric, judge=args.judge, base_url=args.base_url, model=args.model,
         concurrency=args.concurrency, cache=args.cache, max_side=args.max_side, batch=args.batch,
         allow_missing=True, progress=not args.no_progress, poll_interval=args.poll_interval,
         pricing=Pricing(args.price_in, args.price_out),
