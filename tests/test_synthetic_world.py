@@ -151,3 +151,16 @@ def test_styles_are_global_and_invertible():
         target, applied = apply_edit(scene, Edit(task="style_change", style=name))
         assert applied == name and target == scene
     assert len(SHAPE_COLOURS) >= 6 and len(SHAPE_KINDS) >= 3
+
+
+def test_instruction_failures_can_be_restricted_to_some_kinds():
+    kinds = Counter()
+    for index in range(300):
+        item = generate_triplet(3, index, imperfect_rate=1.0, failure_weights={"instruction_following": 1.0},
+                                instruction_failure_kinds=("no_change",))
+        kinds.update(f.split(":")[1] for f in item.failures if f.startswith("instruction_following:"))
+        if "instruction_following:no_change" in item.failures:
+            assert item.ground_truth["instruction_following"]["score"] == 0
+    assert set(kinds) == {"no_change"} and kinds["no_change"] > 200
+    with pytest.raises(ValueError, match=r"unknown instruction failure\(s\) \['melted'\]"):
+        generate_triplet(3, 0, instruction_failure_kinds=("melted",))

@@ -17,6 +17,7 @@ from ..manifest import MANIFEST_NAME, write_manifest
 from . import rubric
 from .edits import STYLES, TASKS, Edit, apply_edit, edit_mask, instruction_text, random_edit, styled_caption
 from .imperfections import (
+    INSTRUCTION_FAILURE_KINDS,
     apply_artefact,
     apply_detail_failure,
     apply_instruction_failure,
@@ -61,16 +62,22 @@ def generate_triplet(
     imperfect_rate: float = 0.5,
     tasks: tuple[str, ...] | None = None,
     failure_weights: dict[str, float] | None = None,
+    instruction_failure_kinds: tuple[str, ...] | None = None,
 ) -> Triplet:
     """Item ``index`` of the world with the given seed.
 
     ``tasks`` restricts the edit kinds (default: all six). ``failure_weights`` sets the relative
     odds of the perspective that fails on an imperfect item (default: equal).
+    ``instruction_failure_kinds`` restricts the instruction-following failures to some of
+    ``INSTRUCTION_FAILURE_KINDS`` (default: any that the edit allows, at equal odds).
     """
     rng = np.random.default_rng([seed, index])
     unknown = set(tasks or ()) - set(TASKS)
     if unknown:
         raise ValueError(f"unknown task(s) {sorted(unknown)}; expected some of {TASKS}")
+    unknown = set(instruction_failure_kinds or ()) - set(INSTRUCTION_FAILURE_KINDS)
+    if unknown:
+        raise ValueError(f"unknown instruction failure(s) {sorted(unknown)}; expected some of {INSTRUCTION_FAILURE_KINDS}")
     while True:
         source = random_scene(rng)
         edit = random_edit(rng, source, tasks or TASKS)
@@ -91,7 +98,10 @@ def generate_triplet(
             rest = [p for p in names if p not in chosen]
             chosen.add(str(rng.choice(rest)))
         if "instruction_following" in chosen:
-            for failure in rng.permutation(instruction_failures(source, edit)):
+            options = instruction_failures(source, edit)
+            if instruction_failure_kinds:
+                options = [f for f in options if f in instruction_failure_kinds]
+            for failure in rng.permutation(options) if options else ():
                 outcome = apply_instruction_failure(rng, source, edit, target, style, str(failure))
                 if outcome is not None:
                     result, result_style = outcome

@@ -33,6 +33,9 @@ def _pick(rng: np.random.Generator, options):
     return str(rng.choice(options)) if options else None
 
 
+INSTRUCTION_FAILURE_KINDS = ("no_change", "wrong_colour", "wrong_shape", "wrong_object", "wrong_position", "wrong_style")
+
+
 def instruction_failures(source: Scene, edit: Edit) -> list[str]:
     """The instruction-following failures possible for this edit on this scene."""
     others = len(source.shapes) - (0 if edit.task == "object_addition" else 1)
