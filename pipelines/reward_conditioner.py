@@ -91,10 +91,13 @@ def encode_reward_feedback(tokenizer, text_encoder, texts: Sequence[str]) -> tor
     """
     if isinstance(texts, str):
         texts = [texts]
+    # Padded to the longest text only and cut at the encoder's positions, not at the tokenizer's
+    # (possibly shorter) prompt length: the pooled embedding is read at the end-of-text token, which
+    # the causal text encoder computes the same whatever padding follows it.
     ids = tokenizer(
         list(texts),
-        padding="max_length",
-        max_length=tokenizer.model_max_length,
+        padding="longest",
+        max_length=getattr(text_encoder.config, "max_position_embeddings", None) or tokenizer.model_max_length,
         truncation=True,
         return_tensors="pt",
     ).input_ids.to(text_encoder.device)

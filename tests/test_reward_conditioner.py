@@ -184,3 +184,19 @@ def test_feedback_texts_are_joined_in_perspective_order_and_pooled():
         embeds = encode_reward_feedback(tokenizer, encoder, ["None; None; None", "the circle is green; None; blurry", "None; None; None"])
     assert embeds.shape == (3, 32)
     assert torch.equal(embeds[0], embeds[2]) and not torch.allclose(embeds[0], embeds[1])
+
+
+def test_feedback_longer_than_the_prompt_length_is_not_cut():
+    # a tokenizer whose prompt length (model_max_length) is short, as in the demo: feedback is
+    # encoded up to the text encoder's positions and pools exactly as with a 77-token tokenizer
+    words = ["the background is navy, not black; the circle at the top left is green, not pink; slight grain"]
+    short, long = build_clip_tokenizer(words, model_max_length=8), build_clip_tokenizer(words, model_max_length=77)
+    assert "navy</w>" in short.get_vocab() and "black</w>" in short.get_vocab()  # words next to punctuation
+    encoder = tiny_clip_text_encoder(len(short))
+    texts = [words[0], "None; None; None"]
+    with torch.no_grad():
+        from_short, from_long = (encode_reward_feedback(t, encoder, texts) for t in (short, long))
+        cut = encode_reward_feedback(short, encoder, ["the background is navy"])  # a different text
+    assert len(short(words[0]).input_ids) > 8
+    torch.testing.assert_close(from_short, from_long, rtol=0, atol=1e-6)
+    assert not torch.allclose(from_short[0], cut[0])

@@ -7,6 +7,7 @@ pipeline built from :func:`tiny_instruct_pix2pix_components` runs in well under 
 
 from __future__ import annotations
 
+import re
 import string
 from typing import Iterable
 
@@ -25,7 +26,7 @@ def build_clip_tokenizer(words: Iterable[str] = (), model_max_length: int = 77):
     """
     from transformers import CLIPTokenizer
 
-    words = sorted({w.lower() for text in words for w in text.split() if w.isalpha()})
+    words = sorted({w for text in words for w in re.findall(r"[a-z]+", text.lower())})
     vocab = {BOS: 0, EOS: 1}
     for ch in _CHARACTERS:
         vocab.setdefault(ch, len(vocab))
