@@ -122,6 +122,24 @@ def test_baseline_is_a_plain_instruct_pix2pix_pipeline(workspace, tmp_path):
     assert "--without_rewards" in (out / "README.md").read_text()
 
 
+def test_conditioner_learning_rate_is_its_own(workspace, tmp_path):
+    from safetensors.torch import load_file
+
+    from editforge.training.lora import LORA_WEIGHT_NAME
+    from editforge.training.train_reward_pix2pix import main
+
+    out = tmp_path / "rates"
+    summary = main(args(workspace, out, "--rank", "4", "--learning_rate", "1e-7", "--conditioner_learning_rate", "1e-2",
+                        "--lr_scheduler", "constant", steps=2), keep_pipeline=True)
+    # Adam moves each weight by about its learning rate a step; both start at zero
+    conditioner_step = summary["pipeline"].reward_conditioner.proj_out.weight.abs().max().item()
+    lora_step = max(v.abs().max().item() for k, v in load_file(out / LORA_WEIGHT_NAME).items() if "lora.up" in k)
+    assert 5e-3 < conditioner_step < 3e-2, conditioner_step
+    assert 0 < lora_step < 1e-6, lora_step
+    with pytest.raises(UsageError, match="--conditioner_learning_rate must be positive"):
+        main(args(workspace, tmp_path / "x", "--conditioner_learning_rate", "0"))
+
+
 def test_bad_settings_are_refused_clearly(workspace, tmp_path):
     from editforge.training.train_reward_pix2pix import main
 

@@ -188,7 +188,11 @@ class Trainer:
         diffusers formats (safetensors); ``load(model, folder)`` reads them back."""
         self._save_weights, self._load_weights = save, load
 
-    def prepare(self, model: torch.nn.Module, examples, shapes, collate_fn):
+    def prepare(self, model: torch.nn.Module, examples, shapes, collate_fn,
+                learning_rates: dict[torch.nn.Module, float] | None = None):
+        """Set up optimiser, schedule and data. ``learning_rates`` gives submodules of ``model``
+        their own peak learning rate (newly added modules often want a higher one than the
+        pretrained weights around them); every other trainable parameter gets ``learning_rate``."""
         from diffusers.optimization import get_scheduler
 
         from .data import ShapeBatchSampler
@@ -197,8 +201,17 @@ class Trainer:
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise UsageError("nothing to train: every parameter is frozen")
+        groups, assigned = [], set()
+        for module, rate in (learning_rates or {}).items():
+            own = [p for p in module.parameters() if p.requires_grad and id(p) not in assigned]
+            assigned.update(id(p) for p in own)
+            if own:
+                groups.append({"params": own, "lr": rate})
+        rest = [p for p in params if id(p) not in assigned]
+        if rest:
+            groups.insert(0, {"params": rest, "lr": config.learning_rate})
         optimizer = torch.optim.AdamW(
-            params, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
+            groups, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
             weight_decay=config.adam_weight_decay, eps=config.adam_epsilon,
         )
         self.batch_sampler = ShapeBatchSampler(shapes, config.train_batch_size, seed=config.seed)

@@ -58,11 +58,15 @@ class RewardPix2PixConfig(EditTrainingConfig):
         default=0.05, metadata={"help": "InstructPix2Pix dropout of the text, of the image, and of both (each)"}
     )
     reward_dropout_prob: float = field(default=0.1, metadata={"help": "share of examples given the learned null reward"})
+    conditioner_learning_rate: float | None = field(
+        default=None, metadata={"help": "peak learning rate of the reward conditioner (default: --learning_rate)"})
     score_embed_dim: int = field(default=256, metadata={"help": "sinusoidal width of each reward score (the paper: 256)"})
     validation_rewards: str = field(default="5,5,5", metadata={"help": "target rewards of validation edits (IF,DP,GQ)"})
 
     def validate(self) -> None:
         super().validate()
+        if self.conditioner_learning_rate is not None and self.conditioner_learning_rate <= 0:
+            raise UsageError(f"--conditioner_learning_rate must be positive, got {self.conditioner_learning_rate}")
         for name in ("conditioning_dropout_prob", "reward_dropout_prob"):
             value = getattr(self, name)
             if not 0 <= value <= (1 / 3 if name == "conditioning_dropout_prob" else 1):
@@ -262,7 +266,8 @@ def main(argv: list[str] | None = None, keep_pipeline: bool = False) -> dict:
             model.conditioner.load_state_dict(RewardConditioner.from_pretrained(folder / "reward_conditioner").state_dict())
 
     trainer.register_checkpoint_hooks(save, load)
-    trainer.prepare(model, examples, shapes, make_collate(tokenizer, with_rewards))
+    rates = {conditioner: config.conditioner_learning_rate} if conditioner is not None and config.conditioner_learning_rate else None
+    trainer.prepare(model, examples, shapes, make_collate(tokenizer, with_rewards), learning_rates=rates)
     scaling = vae.config.scaling_factor
     p = config.conditioning_dropout_prob
 
