@@ -51,6 +51,10 @@ def test_a_few_steps_on_a_fixed_batch_lower_the_loss(workspace, tmp_path):
                         "--conditioning_dropout_prob", "0", "--reward_dropout_prob", "0", steps=40))
     losses = [summary["losses"][s] for s in sorted(summary["losses"])]
     assert len(losses) == 40
+    from editforge.training.core import read_metrics
+
+    logged = read_metrics(tmp_path / "run")  # --logging_steps 10 (default): the step's own loss
+    assert sorted(logged) == [10, 20, 30, 40] and logged[20]["loss"] == summary["losses"][20]
     assert np.mean(losses[-8:]) < 0.7 * np.mean(losses[:8]), losses
 
 
@@ -161,7 +165,7 @@ def test_two_processes_under_torchrun_write_one_output(workspace, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": "29517"}
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-         str(SCRIPT), *args(workspace, out, "--checkpointing_steps", "2", steps=2)],
+         str(SCRIPT), *args(workspace, out, "--checkpointing_steps", "2", "--logging_steps", "1", steps=2)],
         capture_output=True, text=True, env=env, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -82,7 +82,7 @@ class EditTrainingConfig:
     validation_image_guidance_scale: float = _help("image guidance of validation edits", default=1.5)
 
     report_to: str = _help(f"tracker: one of {', '.join(TRACKERS)} (jsonl writes logs/metrics.jsonl)", default="jsonl")
-    logging_steps: int = _help("log the loss every N steps", default=10)
+    logging_steps: int = _help("log the step's loss and learning rate every N steps (and at the last step)", default=10)
     dataloader_num_workers: int = _help("data loader worker processes", default=0)
     push_to_hub: bool = _help("upload the final pipeline folder to the Hub", default=False)
     hub_model_id: str | None = _help("repo id for --push_to_hub (default: the output folder's name)", default=None)
@@ -105,6 +105,7 @@ class EditTrainingConfig:
             (self.prediction_type in (None, "epsilon", "v_prediction"), "--prediction_type must be epsilon or v_prediction"),
             (self.snr_gamma is None or self.snr_gamma > 0, "--snr_gamma must be positive"),
             (self.checkpointing_steps >= 0, "--checkpointing_steps must be 0 or more"),
+            (self.logging_steps >= 1, f"--logging_steps must be at least 1, got {self.logging_steps}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -320,7 +320,8 @@ class Trainer:
                 step_loss = sum(micro_losses) / len(micro_losses)
                 micro_losses = []
                 result.losses[global_step] = step_loss
-                accelerator.log({"loss": step_loss, "lr": self.lr_scheduler.get_last_lr()[0]}, step=global_step)
+                if global_step % config.logging_steps == 0 or global_step >= config.max_train_steps:
+                    accelerator.log({"loss": step_loss, "lr": self.lr_scheduler.get_last_lr()[0]}, step=global_step)
                 progress.update(1)
                 progress.set_postfix(loss=f"{step_loss:.4f}")
                 if config.checkpointing_steps and global_step % config.checkpointing_steps == 0:

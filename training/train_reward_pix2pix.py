@@ -87,13 +87,22 @@ class RewardPix2PixModel(nn.Module):
         super().__init__()
         self.unet, self.text_encoder, self.conditioner = unet, text_encoder, conditioner
         self.register_buffer("null_input_ids", null_input_ids, persistent=False)
+        self._frozen_null = None
+
+    def null_text(self) -> torch.Tensor:
+        """The empty prompt's hidden states: computed once while the text encoder is frozen."""
+        if any(p.requires_grad for p in self.text_encoder.parameters()):
+            return self.text_encoder(self.null_input_ids)[0]
+        if self._frozen_null is None:
+            with torch.no_grad():
+                self._frozen_null = self.text_encoder(self.null_input_ids)[0]
+        return self._frozen_null
 
     def forward(self, noisy_latents, timesteps, image_latents, input_ids, text_drop,
                 scores=None, feedback_embeds=None, reward_drop=None):
         hidden = self.text_encoder(input_ids)[0]
         if bool(text_drop.any()):
-            null = self.text_encoder(self.null_input_ids)[0]
-            hidden = torch.where(text_drop[:, None, None], null.to(hidden.dtype), hidden)
+            hidden = torch.where(text_drop[:, None, None], self.null_text().to(hidden.dtype), hidden)
         # contiguous: VAE latents are channel slices, and a non-contiguous input makes the UNet run
         # channels-last, whose GroupNorm backward crashes on CPU when the norm is frozen (LoRA)
         model_input = torch.cat([noisy_latents, image_latents], dim=1).contiguous()
