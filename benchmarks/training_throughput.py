@@ -18,14 +18,16 @@ Runs, each in a fresh process:
 - ``editforge_full_reward``: ours, ``--full`` with the reward conditioner;
 - ``editforge_lora_reward``: ours, LoRA rank 4 on the UNet + the reward conditioner.
 
-Samples/s excludes start-up: each variant runs for ``--short-steps`` and ``--steps`` and the rate
-is (steps difference x batch) / (wall-time difference). Peak memory is the process's peak RSS
-(``ru_maxrss`` from ``wait4``) of the long run. Writes ``benchmarks/results/training_throughput.json``.
+Both scripts run under ``run_training_script.py``, which times every ``Accelerator.backward`` (one
+per optimiser step): samples/s is counted from the end of the first ``--warmup`` steps to the
+last, so start-up (imports, loading, data preparation) is left out alike. Peak memory is the
+process's peak RSS (``ru_maxrss`` from ``wait4``). Variants run interleaved, ``--repeats`` rounds;
+the median of each is kept. Writes ``benchmarks/results/training_throughput.json``.
 
 diffusers' script imports torchvision only for a few tensor transforms, and torchvision has no CPU
-build here: the benchmark puts a small stand-in (``benchmarks/torchvision_stub``: Compose,
-CenterCrop, RandomCrop, RandomHorizontalFlip, Lambda on tensors) on that process's path, after
-transformers and diffusers are imported (``run_with_torchvision_stub.py``), so they still see no torchvision.
+build here: its process gets a small stand-in (``benchmarks/torchvision_stub``: Compose,
+CenterCrop, RandomCrop, RandomHorizontalFlip, Lambda on tensors) on its path, after transformers
+and diffusers are imported, so they still see no torchvision.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,7 +50,7 @@ ROOT = HERE.parent
 RESULT = HERE / "results" / "training_throughput.json"
 OUR_SCRIPT = ROOT / "training" / "train_reward_pix2pix.py"
 THEIR_SCRIPT = Path("examples") / "instruct_pix2pix" / "train_instruct_pix2pix.py"
-STUB_RUNNER = HERE / "run_with_torchvision_stub.py"
+RUNNER = HERE / "run_training_script.py"
 
 
 MODELS = {
@@ -88,24 +91,26 @@ def unet_parameters(base: Path) -> int:
     return sum(p.numel() for p in UNet2DConditionModel.from_pretrained(base / "unet").parameters())
 
 
-def command(variant: str, base: Path, dataset: Path, out: Path, steps: int, batch: int, checkout: Path) -> list[str]:
+def command(variant: str, base: Path, dataset: Path, out: Path, steps: int, batch: int, checkout: Path,
+            times: Path) -> list[str]:
     common = ["--pretrained_model_name_or_path", str(base), "--dataset_name", str(dataset), "--output_dir", str(out),
               "--resolution", "32", "--train_batch_size", str(batch), "--max_train_steps", str(steps),
               "--learning_rate", "1e-4", "--seed", "0", "--mixed_precision", "no", "--checkpointing_steps", "100000"]
+    runner = [sys.executable, str(RUNNER), str(times)]
     if variant == "diffusers_full":
         common[1] = str(base.parent / "base-text-to-image")
-        return [sys.executable, str(STUB_RUNNER), str(checkout / THEIR_SCRIPT), *common, "--original_image_column", "source_image",
-                "--edit_prompt_column", "instruction", "--edited_image_column", "edited_image",
-                "--center_crop", "--report_to", "all"]
-    ours = [sys.executable, str(OUR_SCRIPT), *common, "--center_crop", "--num_validation_images", "0", "--no-progress",
-            "--report_to", "none"]
+        return [*runner, "--torchvision-stub", str(checkout / THEIR_SCRIPT), *common,
+                "--original_image_column", "source_image", "--edit_prompt_column", "instruction",
+                "--edited_image_column", "edited_image", "--center_crop", "--report_to", "all"]
     extra = {"editforge_full_baseline": ["--full", "--without_rewards"], "editforge_full_reward": ["--full"],
              "editforge_lora_reward": ["--rank", "4"]}[variant]
-    return ours + extra
+    return [*runner, str(OUR_SCRIPT), *common, "--center_crop", "--num_validation_images", "0", "--no-progress",
+            "--report_to", "none", *extra]
 
 
-def run(cmd: list[str], env: dict) -> tuple[float, float]:
-    """(wall seconds, peak RSS MiB) of one process."""
+def run(cmd: list[str], env: dict, times: Path, warmup: int, batch: int) -> dict:
+    """Samples/s over the steps after ``warmup`` (from the step times), wall seconds and peak RSS
+    (MiB) of one process."""
     start = time.perf_counter()
     process = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(process.pid, 0)
@@ -113,19 +118,24 @@ def run(cmd: list[str], env: dict) -> tuple[float, float]:
     stderr = process.stderr.read().decode(errors="replace")
     process.stderr.close()
     if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{' '.join(cmd[1:3])} failed:\n{stderr[-3000:]}")
-    return elapsed, usage.ru_maxrss / 1024
+        raise RuntimeError(f"{' '.join(cmd[1:5])} failed:\n{stderr[-3000:]}")
+    stamps = json.loads(times.read_text())
+    if len(stamps) <= warmup + 1:
+        raise RuntimeError(f"only {len(stamps)} steps timed; need more than {warmup + 1}")
+    rate = (len(stamps) - 1 - warmup) * batch / (stamps[-1] - stamps[warmup])
+    return {"samples_per_s": round(rate, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+            "wall_s": round(elapsed, 2), "steps_timed": len(stamps) - 1 - warmup}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--diffusers-checkout", required=True, type=Path, help="a local huggingface/diffusers checkout")
     parser.add_argument("--models", default="tiny,small", help=f"comma-separated, of {', '.join(MODELS)}")
-    parser.add_argument("--steps", default="tiny=100,small=30", help="long run steps per model")
-    parser.add_argument("--short-steps", default="tiny=20,small=10", help="short run steps per model")
+    parser.add_argument("--steps", default="tiny=120,small=40", help="steps per run, per model")
+    parser.add_argument("--warmup", default="tiny=20,small=5", help="first steps left out of the rate, per model")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--items", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=2, help="interleaved rounds; the best rate of each is kept")
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved rounds; the median rate of each is kept")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "editforge-training-bench")
     args = parser.parse_args()
     if not (args.diffusers_checkout / THEIR_SCRIPT).is_file():
@@ -134,35 +144,30 @@ def main() -> None:
     unknown = set(models) - set(MODELS)
     if unknown:
         raise SystemExit(f"unknown model(s) {sorted(unknown)}; expected some of {sorted(MODELS)}")
-    long_steps = {k: int(v) for k, v in (item.split("=") for item in args.steps.split(","))}
-    short_steps = {k: int(v) for k, v in (item.split("=") for item in args.short_steps.split(","))}
+    steps_of = {k: int(v) for k, v in (item.split("=") for item in args.steps.split(","))}
+    warmup_of = {k: int(v) for k, v in (item.split("=") for item in args.warmup.split(","))}
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
     variants = ("diffusers_full", "editforge_full_baseline", "editforge_full_reward", "editforge_lora_reward")
     results = {}
     for model in models:
         base, dataset = prepare(args.workdir, args.items, model)
-        short, long = short_steps[model], long_steps[model]
+        steps, warmup = steps_of[model], warmup_of[model]
         runs: dict[str, list[dict]] = {v: [] for v in variants}
         for round_index in range(args.repeats):
             for variant in variants:  # interleaved, so drifting machine load hits all alike
-                timings = {}
-                for steps in (short, long):
-                    out = args.workdir / model / f"out-{variant}-{steps}"
-                    timings[steps] = run(command(variant, base, dataset, out, steps, args.batch,
-                                                 args.diffusers_checkout), env)
-                (short_s, _), (long_s, peak_mb) = timings[short], timings[long]
-                rate = (long - short) * args.batch / max(1e-9, long_s - short_s)
-                runs[variant].append({"samples_per_s": round(rate, 2), "peak_rss_mb": round(peak_mb, 1),
-                                      "wall_s": {"short": round(short_s, 2), "long": round(long_s, 2)}})
-                print(f"{model} round {round_index}: {variant}: {rate:.1f} samples/s, peak RSS {peak_mb:.0f} MB",
-                      flush=True)
-        best = {v: max(r["samples_per_s"] for r in runs[v]) for v in variants}
+                out, times = args.workdir / model / f"out-{variant}", args.workdir / model / f"times-{variant}.json"
+                measured = run(command(variant, base, dataset, out, steps, args.batch, args.diffusers_checkout, times),
+                               env, times, warmup, args.batch)
+                runs[variant].append(measured)
+                print(f"{model} round {round_index}: {variant}: {measured['samples_per_s']:.1f} samples/s, "
+                      f"peak RSS {measured['peak_rss_mb']:.0f} MB", flush=True)
+        best = {v: statistics.median(r["samples_per_s"] for r in runs[v]) for v in variants}
         peak = {v: min(r["peak_rss_mb"] for r in runs[v]) for v in variants}
         widths, layers = MODELS[model]
         results[model] = {
             "unet": {"block_out_channels": widths, "layers_per_block": layers, "parameters": unet_parameters(base)},
-            "steps": [short, long],
+            "steps": steps, "warmup_steps": warmup,
             "samples_per_s": best,
             "peak_rss_mb": peak,
             "ratio_samples_per_s_ours_full_vs_diffusers_full":
