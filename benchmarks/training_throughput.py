@@ -127,6 +127,11 @@ def run(cmd: list[str], env: dict, times: Path, warmup: int, batch: int) -> dict
             "wall_s": round(elapsed, 2), "steps_timed": len(stamps) - 1 - warmup}
 
 
+def per_model(text: str) -> dict[str, int]:
+    """``"tiny=120,small=40"`` -> ``{"tiny": 120, "small": 40}``."""
+    return {name: int(value) for name, value in (item.split("=") for item in text.split(","))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--diffusers-checkout", required=True, type=Path, help="a local huggingface/diffusers checkout")
@@ -144,8 +149,7 @@ def main() -> None:
     unknown = set(models) - set(MODELS)
     if unknown:
         raise SystemExit(f"unknown model(s) {sorted(unknown)}; expected some of {sorted(MODELS)}")
-    steps_of = {k: int(v) for k, v in (item.split("=") for item in args.steps.split(","))}
-    warmup_of = {k: int(v) for k, v in (item.split("=") for item in args.warmup.split(","))}
+    steps_of, warmup_of = per_model(args.steps), per_model(args.warmup)
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
     variants = ("diffusers_full", "editforge_full_baseline", "editforge_full_reward", "editforge_lora_reward")

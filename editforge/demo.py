@@ -27,43 +27,40 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from editforge.errors import EditforgeError
+from editforge.training.config import help_field
 
 PERSPECTIVES = ("instruction_following", "detail_preserving", "generation_quality")
-
-
-def _help(text: str, **kwargs):
-    return field(metadata={"help": text}, **kwargs)
 
 
 @dataclass
 class DemoConfig:
     """Settings of ``editforge demo`` (each is a ``--flag``)."""
 
-    out: str = _help("output folder (a rerun with the same settings resumes there)", default="demo_output")
-    seed: int = _help("seed of the data (held-out data: seed + 1000) and of training", default=0)
-    size: int = _help("image side in pixels", default=32)
-    train_items: int = _help("training triplets", default=2000)
-    eval_items: int = _help("held-out edits to evaluate", default=100)
-    imperfect: float = _help("share of training triplets with a failure", default=0.8)
-    instruction_failure_share: float = _help("share of the failures that are in instruction following", default=0.8)
-    tasks: str = _help("edit kinds, comma-separated (editforge synth's tasks)", default="background_change,style_change")
-    instruction_failures: str = _help("instruction-following failure kinds, comma-separated (empty: all)",
+    out: str = help_field("output folder (a rerun with the same settings resumes there)", default="demo_output")
+    seed: int = help_field("seed of the data (held-out data: seed + 1000) and of training", default=0)
+    size: int = help_field("image side in pixels", default=32)
+    train_items: int = help_field("training triplets", default=2000)
+    eval_items: int = help_field("held-out edits to evaluate", default=100)
+    imperfect: float = help_field("share of training triplets with a failure", default=0.8)
+    instruction_failure_share: float = help_field("share of the failures that are in instruction following", default=0.8)
+    tasks: str = help_field("edit kinds, comma-separated (editforge synth's tasks)", default="background_change,style_change")
+    instruction_failures: str = help_field("instruction-following failure kinds, comma-separated (empty: all)",
                                       default="no_change")
-    vae_steps: int = _help("steps fitting the base model's VAE to the images", default=600)
-    vae_channels: str = _help("VAE block widths", default="32,64")
-    train_steps: int = _help("training steps of each model", default=1000)
-    batch_size: int = _help("training batch size", default=32)
-    learning_rate: float = _help("peak learning rate (cosine schedule)", default=1e-3)
-    unet_channels: str = _help("UNet block widths", default="32,64")
-    text_width: int = _help("text encoder width", default=32)
-    eval_seeds: str = _help("sampling seeds of the evaluation, comma-separated", default="0,1")
-    inference_steps: int = _help("denoising steps per edit", default=20)
-    guidance_scale: float = _help("text guidance of the edits", default=3.0)
-    image_guidance_scale: float = _help("image guidance of the edits", default=1.5)
-    reward_guidance_scale: float = _help("reward guidance of the extra 'guided' evaluation (1: skip it)", default=2.0)
-    parallel_training: bool = _help("train both models at once, one process each", default=True)
-    grid_rows: int = _help("held-out edits shown in grid.png", default=12)
-    progress: bool = _help("progress bars", default=True)
+    vae_steps: int = help_field("steps fitting the base model's VAE to the images", default=600)
+    vae_channels: str = help_field("VAE block widths", default="32,64")
+    train_steps: int = help_field("training steps of each model", default=1000)
+    batch_size: int = help_field("training batch size", default=32)
+    learning_rate: float = help_field("peak learning rate (cosine schedule)", default=1e-3)
+    unet_channels: str = help_field("UNet block widths", default="32,64")
+    text_width: int = help_field("text encoder width", default=32)
+    eval_seeds: str = help_field("sampling seeds of the evaluation, comma-separated", default="0,1")
+    inference_steps: int = help_field("denoising steps per edit", default=20)
+    guidance_scale: float = help_field("text guidance of the edits", default=3.0)
+    image_guidance_scale: float = help_field("image guidance of the edits", default=1.5)
+    reward_guidance_scale: float = help_field("reward guidance of the extra 'guided' evaluation (1: skip it)", default=2.0)
+    parallel_training: bool = help_field("train both models at once, one process each", default=True)
+    grid_rows: int = help_field("held-out edits shown in grid.png", default=12)
+    progress: bool = help_field("progress bars", default=True)
 
     @property
     def task_list(self) -> tuple[str, ...]:

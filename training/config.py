@@ -24,7 +24,8 @@ MIXED_PRECISION = ("no", "fp16", "bf16")
 TRACKERS = ("jsonl", "tensorboard", "wandb", "none")
 
 
-def _help(text: str, **kwargs):
+def help_field(text: str, **kwargs):
+    """A dataclass field whose ``--flag`` help is ``text`` (see :func:`add_dataclass_arguments`)."""
     return field(metadata={"help": text}, **kwargs)
 
 
@@ -32,61 +33,61 @@ def _help(text: str, **kwargs):
 class EditTrainingConfig:
     """Settings shared by the training scripts (one flag each, diffusers' names where they exist)."""
 
-    pretrained_model_name_or_path: str = _help("base pipeline: a local folder or a Hub repo id", default="")
-    output_dir: str = _help("where checkpoints, logs and the final pipeline go", default="editforge-model")
-    dataset_name: str = _help("dataset in editforge's canonical features: a local folder or a Hub id", default="")
-    dataset_config_name: str | None = _help("dataset config (subset) name", default=None)
-    dataset_split: str = _help("split to train on", default="train")
-    validation_split: str | None = _help("split whose first examples are edited at each validation", default=None)
-    revision: str | None = _help("revision of the base model on the Hub", default=None)
-    cache_dir: str | None = _help("Hub cache folder", default=None)
-    max_train_samples: int | None = _help("keep only the first N training examples", default=None)
+    pretrained_model_name_or_path: str = help_field("base pipeline: a local folder or a Hub repo id", default="")
+    output_dir: str = help_field("where checkpoints, logs and the final pipeline go", default="editforge-model")
+    dataset_name: str = help_field("dataset in editforge's canonical features: a local folder or a Hub id", default="")
+    dataset_config_name: str | None = help_field("dataset config (subset) name", default=None)
+    dataset_split: str = help_field("split to train on", default="train")
+    validation_split: str | None = help_field("split whose first examples are edited at each validation", default=None)
+    revision: str | None = help_field("revision of the base model on the Hub", default=None)
+    cache_dir: str | None = help_field("Hub cache folder", default=None)
+    max_train_samples: int | None = help_field("keep only the first N training examples", default=None)
 
-    resolution: int = _help("training resolution: the shorter side, or the area's side with buckets", default=512)
-    center_crop: bool = _help("crop the centre instead of a random crop (the same for source and edited)", default=False)
-    aspect_ratio_buckets: bool = _help(
+    resolution: int = help_field("training resolution: the shorter side, or the area's side with buckets", default=512)
+    center_crop: bool = help_field("crop the centre instead of a random crop (the same for source and edited)", default=False)
+    aspect_ratio_buckets: bool = help_field(
         "keep aspect ratios: batch examples by the nearest of a set of shapes of about resolution^2 pixels",
         default=False,
     )
 
-    train_batch_size: int = _help("batch size per device", default=4)
-    gradient_accumulation_steps: int = _help("steps to accumulate before an optimiser step", default=1)
-    max_train_steps: int = _help("optimiser steps to train for", default=1000)
-    learning_rate: float = _help("peak learning rate", default=1e-4)
-    lr_scheduler: str = _help(f"one of {', '.join(LR_SCHEDULERS)}", default="constant")
-    lr_warmup_steps: int = _help("linear warm-up steps", default=0)
-    adam_beta1: float = _help("AdamW beta1", default=0.9)
-    adam_beta2: float = _help("AdamW beta2", default=0.999)
-    adam_weight_decay: float = _help("AdamW weight decay", default=1e-2)
-    adam_epsilon: float = _help("AdamW epsilon", default=1e-8)
-    max_grad_norm: float = _help("gradient clipping norm", default=1.0)
-    mixed_precision: str = _help(f"one of {', '.join(MIXED_PRECISION)}", default="no")
-    seed: int = _help("seed of initialisation, data order, noise and dropout", default=0)
+    train_batch_size: int = help_field("batch size per device", default=4)
+    gradient_accumulation_steps: int = help_field("steps to accumulate before an optimiser step", default=1)
+    max_train_steps: int = help_field("optimiser steps to train for", default=1000)
+    learning_rate: float = help_field("peak learning rate", default=1e-4)
+    lr_scheduler: str = help_field(f"one of {', '.join(LR_SCHEDULERS)}", default="constant")
+    lr_warmup_steps: int = help_field("linear warm-up steps", default=0)
+    adam_beta1: float = help_field("AdamW beta1", default=0.9)
+    adam_beta2: float = help_field("AdamW beta2", default=0.999)
+    adam_weight_decay: float = help_field("AdamW weight decay", default=1e-2)
+    adam_epsilon: float = help_field("AdamW epsilon", default=1e-8)
+    max_grad_norm: float = help_field("gradient clipping norm", default=1.0)
+    mixed_precision: str = help_field(f"one of {', '.join(MIXED_PRECISION)}", default="no")
+    seed: int = help_field("seed of initialisation, data order, noise and dropout", default=0)
 
-    full: bool = _help("train the whole UNet instead of a LoRA adapter", default=False)
-    rank: int = _help("LoRA rank of the UNet adapter", default=4)
-    lora_alpha: int | None = _help("LoRA alpha (default: the rank)", default=None)
-    train_text_encoder: bool = _help("train the text encoder too (fully)", default=False)
-    snr_gamma: float | None = _help("min-SNR loss weighting gamma (5.0 is the paper's choice); off by default", default=None)
-    prediction_type: str | None = _help("epsilon or v_prediction (default: the base scheduler's)", default=None)
-    cache_latents: bool = _help("encode every image once with the frozen VAE before training", default=False)
+    full: bool = help_field("train the whole UNet instead of a LoRA adapter", default=False)
+    rank: int = help_field("LoRA rank of the UNet adapter", default=4)
+    lora_alpha: int | None = help_field("LoRA alpha (default: the rank)", default=None)
+    train_text_encoder: bool = help_field("train the text encoder too (fully)", default=False)
+    snr_gamma: float | None = help_field("min-SNR loss weighting gamma (5.0 is the paper's choice); off by default", default=None)
+    prediction_type: str | None = help_field("epsilon or v_prediction (default: the base scheduler's)", default=None)
+    cache_latents: bool = help_field("encode every image once with the frozen VAE before training", default=False)
 
-    checkpointing_steps: int = _help("save a resumable checkpoint every N steps (0: never)", default=500)
-    checkpoints_total_limit: int | None = _help("keep at most N checkpoints", default=None)
-    resume_from_checkpoint: str | None = _help("a checkpoint folder, or 'latest'", default=None)
+    checkpointing_steps: int = help_field("save a resumable checkpoint every N steps (0: never)", default=500)
+    checkpoints_total_limit: int | None = help_field("keep at most N checkpoints", default=None)
+    resume_from_checkpoint: str | None = help_field("a checkpoint folder, or 'latest'", default=None)
 
-    validation_steps: int = _help("edit validation images every N steps (0: only at the end)", default=0)
-    num_validation_images: int = _help("validation examples edited each time", default=4)
-    validation_inference_steps: int = _help("sampling steps of validation edits", default=20)
-    validation_guidance_scale: float = _help("text guidance of validation edits", default=7.5)
-    validation_image_guidance_scale: float = _help("image guidance of validation edits", default=1.5)
+    validation_steps: int = help_field("edit validation images every N steps (0: only at the end)", default=0)
+    num_validation_images: int = help_field("validation examples edited each time", default=4)
+    validation_inference_steps: int = help_field("sampling steps of validation edits", default=20)
+    validation_guidance_scale: float = help_field("text guidance of validation edits", default=7.5)
+    validation_image_guidance_scale: float = help_field("image guidance of validation edits", default=1.5)
 
-    report_to: str = _help(f"tracker: one of {', '.join(TRACKERS)} (jsonl writes logs/metrics.jsonl)", default="jsonl")
-    logging_steps: int = _help("log the step's loss and learning rate every N steps (and at the last step)", default=10)
-    dataloader_num_workers: int = _help("data loader worker processes", default=0)
-    push_to_hub: bool = _help("upload the final pipeline folder to the Hub", default=False)
-    hub_model_id: str | None = _help("repo id for --push_to_hub (default: the output folder's name)", default=None)
-    progress: bool = _help("show progress bars", default=True)
+    report_to: str = help_field(f"tracker: one of {', '.join(TRACKERS)} (jsonl writes logs/metrics.jsonl)", default="jsonl")
+    logging_steps: int = help_field("log the step's loss and learning rate every N steps (and at the last step)", default=10)
+    dataloader_num_workers: int = help_field("data loader worker processes", default=0)
+    push_to_hub: bool = help_field("upload the final pipeline folder to the Hub", default=False)
+    hub_model_id: str | None = help_field("repo id for --push_to_hub (default: the output folder's name)", default=None)
+    progress: bool = help_field("show progress bars", default=True)
 
     def validate(self) -> None:
         """Raise UsageError naming the first bad setting."""

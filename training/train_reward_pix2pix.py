@@ -31,17 +31,17 @@ import os
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 if __package__ in (None, ""):  # run as a file: `accelerate launch training/train_reward_pix2pix.py`
-    from editforge.training.config import EditTrainingConfig, parse_config
+    from editforge.training.config import EditTrainingConfig, help_field, parse_config
     from editforge.training.core import Trainer
 else:
-    from .config import EditTrainingConfig, parse_config
+    from .config import EditTrainingConfig, help_field, parse_config
     from .core import Trainer
 
 from editforge.errors import UsageError
@@ -53,15 +53,14 @@ PERSPECTIVES = ("instruction_following", "detail_preserving", "generation_qualit
 class RewardPix2PixConfig(EditTrainingConfig):
     """Flags of train_reward_pix2pix.py."""
 
-    without_rewards: bool = field(default=False, metadata={"help": "train the plain InstructPix2Pix baseline (no conditioner)"})
-    conditioning_dropout_prob: float = field(
-        default=0.05, metadata={"help": "InstructPix2Pix dropout of the text, of the image, and of both (each)"}
-    )
-    reward_dropout_prob: float = field(default=0.1, metadata={"help": "share of examples given the learned null reward"})
-    conditioner_learning_rate: float | None = field(
-        default=None, metadata={"help": "peak learning rate of the reward conditioner (default: --learning_rate)"})
-    score_embed_dim: int = field(default=256, metadata={"help": "sinusoidal width of each reward score (the paper: 256)"})
-    validation_rewards: str = field(default="5,5,5", metadata={"help": "target rewards of validation edits (IF,DP,GQ)"})
+    without_rewards: bool = help_field("train the plain InstructPix2Pix baseline (no conditioner)", default=False)
+    conditioning_dropout_prob: float = help_field(
+        "InstructPix2Pix dropout of the text, of the image, and of both (each)", default=0.05)
+    reward_dropout_prob: float = help_field("share of examples given the learned null reward", default=0.1)
+    conditioner_learning_rate: float | None = help_field(
+        "peak learning rate of the reward conditioner (default: --learning_rate)", default=None)
+    score_embed_dim: int = help_field("sinusoidal width of each reward score (the paper: 256)", default=256)
+    validation_rewards: str = help_field("target rewards of validation edits (IF,DP,GQ)", default="5,5,5")
 
     def validate(self) -> None:
         super().validate()

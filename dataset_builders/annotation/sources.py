@@ -127,10 +127,10 @@ def dataset_source(path: str | os.PathLike, config: str | None = None, split: st
     scalar_columns = [c for c in dataset.column_names if c not in image_columns]
 
     def records() -> Iterator[dict]:
-        for i, row in enumerate(dataset.select_columns(scalar_columns)):
-            record = dict(row)
+        for row in dataset:  # one read of each row; images stay undecoded bytes
+            record = {column: row[column] for column in scalar_columns}
             for column in image_columns:  # placeholders until relocate() writes the files
-                record[column] = None if dataset[i][column] is None else f"{column}:{record['id']}"
+                record[column] = None if row[column] is None else f"{column}:{record['id']}"
             yield record
 
     def image_bytes(record: dict, field: str) -> bytes:
