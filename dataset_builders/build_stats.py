@@ -11,8 +11,9 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 
+from editforge.vocabulary import PERSPECTIVES, VIESCORE_SCORES
+
 from .errors import ItemError
-from .features import PERSPECTIVES, VIESCORE_SCORES
 
 EDIT = "edit"
 PAIR = "pair"

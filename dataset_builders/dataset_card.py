@@ -6,8 +6,9 @@ header that ``datasets`` reads. It is regenerated on every build into the folder
 
 from __future__ import annotations
 
+from editforge.vocabulary import PERSPECTIVES, VIESCORE_SCORES
+
 from .build_stats import PAIR, Distribution
-from .features import PERSPECTIVES, VIESCORE_SCORES
 from .hub_folder import SplitRecord
 
 # Skipped items listed by id in the card (all of them are in the split's .editforge-<split>.json).

@@ -30,10 +30,8 @@ from __future__ import annotations
 
 from datasets import Features, Image, List, Value
 
-from .synthetic.rubric import PERSPECTIVES
+from editforge.vocabulary import METRIC_NAMES, PERSPECTIVES
 
-METRIC_NAMES = ("clip_sim_source", "clip_sim_target", "clip_sim_dir", "clip_sim_image", "dinov2_sim", "ssim")
-VIESCORE_SCORES = ("sc", "pq", "o")
 PAIR_LABELS = (0.0, 0.5, 1.0)
 
 PROVENANCE = {"dataset": Value("string"), "original_id": Value("string")}
@@ -81,6 +79,3 @@ PAIR_FEATURES = Features(
         "provenance": PROVENANCE,
     }
 )
-
-EDIT_IMAGE_COLUMNS = ("source_image", "edited_image", "mask_image")
-PAIR_IMAGE_COLUMNS = ("image_0", "image_1")

@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from editforge.errors import UsageError
+from editforge.vocabulary import EDIT_IMAGE_COLUMNS
 
 MANIFEST_NAME = "manifest.jsonl"
 REQUIRED_FIELDS = ("id", "source_image", "edited_image", "instruction")
-IMAGE_FIELDS = ("source_image", "edited_image", "mask_image")
+IMAGE_FIELDS = EDIT_IMAGE_COLUMNS
 
 
 def manifest_path(path: str | os.PathLike) -> Path:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
+from editforge.vocabulary import METRIC_NAMES, PERSPECTIVES
+
 from .errors import BAD_FIELD, BAD_REWARD, ItemError
-from .features import METRIC_NAMES, PERSPECTIVES
 
 MULTI_REWARD_RANGE = (0.0, 5.0)
 VIESCORE_RANGE = (0.0, 10.0)

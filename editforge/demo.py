@@ -28,8 +28,7 @@ from pathlib import Path
 
 from editforge.errors import EditforgeError
 from editforge.training.config import help_field
-
-PERSPECTIVES = ("instruction_following", "detail_preserving", "generation_quality")
+from editforge.vocabulary import PERSPECTIVES
 
 
 @dataclass

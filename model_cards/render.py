@@ -2,7 +2,12 @@
 
 The YAML header comes from ``huggingface_hub.ModelCardData`` (library, pipeline tag, base model,
 datasets, license, tags) and the body from the template; every other keyword is a template
-variable. Used by ``editforge.hub.publish_pipeline`` and by the training scripts for their cards.
+variable. Used by ``editforge.hub.publish_pipeline`` (each publishing spec in
+``editforge/publishing.py`` names its template) and by the training scripts for their cards.
+
+A template used for publishing shows ``lora_weight_names`` and ``extra_weight_names`` (publishing
+refuses a card that leaves a shipped weight file out) and may use the fields its spec's
+``card_fields_from_folder`` hook returns.
 """
 
 from __future__ import annotations

@@ -2,11 +2,13 @@
 
 The pipeline is diffusers' ``StableDiffusionInstructPix2PixPipeline`` (same components, same call,
 same LoRA / textual-inversion / IP-adapter loaders) plus one component, ``reward_conditioner``, and
-three call arguments:
+four call arguments:
 
 * ``rewards``: the target scores, 0..5 per perspective (instruction following, detail preserving,
   generation quality); default all 5;
 * ``reward_feedback``: the failure text per perspective; default none ("None; None; None");
+* ``reward_feedback_embeds``: the feedback precomputed (pooled text embeddings), for a pipeline
+  loaded without a text encoder, as ``prompt_embeds`` is for the prompt;
 * ``reward_guidance_scale``: guidance over the reward (1.0, the default, is off and costs nothing;
   above 1 adds one UNet branch with the learned null reward).
 
@@ -26,6 +28,7 @@ Loading::
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -134,17 +137,10 @@ class RewardConditionedPix2PixPipeline(StableDiffusionInstructPix2PixPipeline):
                 f"`rewards` must be a dict {{perspective: score}}, a list of {len(perspectives)} scores or a tensor"
                 f" [batch, {len(perspectives)}], got {type(rewards).__name__}"
             ) from None
-        if scores.ndim == 1:
-            scores = scores.unsqueeze(0)
-        if scores.ndim != 2 or scores.shape[1] != len(perspectives):
-            raise ValueError(
-                f"`rewards` must hold {len(perspectives)} scores ({', '.join(perspectives)}) per prompt,"
-                f" got shape {tuple(scores.shape)}"
-            )
-        if scores.shape[0] == 1:
-            scores = scores.expand(batch_size, -1)
-        elif scores.shape[0] != batch_size:
-            raise ValueError(f"`rewards` has {scores.shape[0]} rows for {batch_size} prompts")
+        scores = _one_row_per_prompt(
+            scores, batch_size, "rewards", len(perspectives),
+            f"must hold {len(perspectives)} scores ({', '.join(perspectives)}) per prompt",
+        )
         outside = ~((scores >= 0) & (scores <= max_score))  # NaN counts as outside
         if outside.any():
             row, column = outside.nonzero()[0].tolist()
@@ -154,14 +150,31 @@ class RewardConditionedPix2PixPipeline(StableDiffusionInstructPix2PixPipeline):
         return scores.repeat_interleave(num_images_per_prompt, dim=0).to(device)
 
     def prepare_reward_feedback(
-        self, reward_feedback, batch_size: int, num_images_per_prompt: int, device
+        self, reward_feedback, batch_size: int, num_images_per_prompt: int, device, reward_feedback_embeds=None
     ) -> torch.Tensor:
         """Pooled feedback embeddings [batch_size * num_images_per_prompt, feedback_dim].
 
         ``reward_feedback`` is ``None`` (no failures), a dict {perspective: failure text}, an already
-        joined string ("None; the circle is green; None"), or a list of those, one per prompt.
+        joined string ("None; the circle is green; None"), or a list of those, one per prompt; it is
+        encoded with the pipeline's tokenizer and text encoder. ``reward_feedback_embeds`` instead gives
+        the embeddings precomputed: a tensor [feedback_dim], [1, feedback_dim] or
+        [batch_size, feedback_dim] (``RewardConditioner.encode_feedback(tokenizer, text_encoder, texts)``).
         """
         conditioner = self.reward_conditioner
+        if reward_feedback_embeds is not None:
+            if reward_feedback is not None:
+                raise ValueError("give `reward_feedback` or `reward_feedback_embeds`, not both")
+            return self._check_reward_feedback_embeds(reward_feedback_embeds, batch_size).repeat_interleave(
+                num_images_per_prompt, dim=0
+            ).to(device)
+        if self.text_encoder is None or self.tokenizer is None:
+            missing = "text_encoder" if self.text_encoder is None else "tokenizer"
+            raise ValueError(
+                f"the pipeline has no {missing} to encode the reward feedback with (the default one included):"
+                " pass `reward_feedback_embeds`, the pooled feedback embeddings [batch, feedback_dim] from"
+                " `pipe.reward_conditioner.encode_feedback(tokenizer, text_encoder, texts)`, as `prompt_embeds`"
+                " stands for the prompt"
+            )
         if reward_feedback is None or isinstance(reward_feedback, (str, Mapping)):
             reward_feedback = [reward_feedback] * batch_size
         elif not isinstance(reward_feedback, (list, tuple)):
@@ -180,6 +193,20 @@ class RewardConditionedPix2PixPipeline(StableDiffusionInstructPix2PixPipeline):
         embeds = embeds[[unique.index(text) for text in texts]]
         return embeds.repeat_interleave(num_images_per_prompt, dim=0).to(device)
 
+    def _check_reward_feedback_embeds(self, embeds, batch_size: int) -> torch.Tensor:
+        """``reward_feedback_embeds`` as a tensor [batch_size, feedback_dim], or a clear error."""
+        feedback_dim = self.reward_conditioner.config.feedback_dim
+        if not isinstance(embeds, torch.Tensor):
+            raise TypeError(
+                f"`reward_feedback_embeds` must be a tensor [batch, {feedback_dim}], got {type(embeds).__name__}"
+            )
+        return _one_row_per_prompt(
+            embeds, batch_size, "reward_feedback_embeds", feedback_dim,
+            f"must have shape [batch, {feedback_dim}] (the conditioner's feedback_dim)",
+        )
+
+    # Adapted from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_instruct_pix2pix.StableDiffusionInstructPix2PixPipeline.prepare_image_latents
+    # (diffusers 0.42.1): one image per prompt is repeated per prompt, not tiled; errors reworded.
     def prepare_image_latents(
         self, image, batch_size, num_images_per_prompt, dtype, device, do_classifier_free_guidance, generator=None
     ):
@@ -206,8 +233,32 @@ class RewardConditionedPix2PixPipeline(StableDiffusionInstructPix2PixPipeline):
             image_latents = torch.cat([image_latents, image_latents, uncond_image_latents], dim=0)
         return image_latents
 
+    def prepare_reward_branches(self, reward_scores, reward_embeds, do_classifier_free_guidance, do_reward_guidance):
+        """Rewards of the UNet batch: ``(num_branches, scores, feedback_embeds, drop)``.
+
+        The branches are [text, image, unconditional] with classifier-free guidance (the text branch
+        alone without), all with the target rewards; reward guidance adds one more text branch with the
+        null reward (``drop``).
+        """
+        num_branches = 3 if do_classifier_free_guidance else 1
+        samples = reward_scores.shape[0]
+        branch_scores = reward_scores.repeat(num_branches, 1)
+        branch_embeds = reward_embeds.repeat(num_branches, 1)
+        drop = torch.zeros(num_branches * samples, dtype=torch.bool, device=reward_scores.device)
+        if do_reward_guidance:
+            num_branches += 1
+            branch_scores = torch.cat([branch_scores, reward_scores])
+            branch_embeds = torch.cat([branch_embeds, reward_embeds])
+            drop = torch.cat([drop, torch.ones(samples, dtype=torch.bool, device=reward_scores.device)])
+        return num_branches, branch_scores, branch_embeds, drop
+
     # ----------------------------------------------------------------------------------------------
 
+    # Adapted from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_instruct_pix2pix.StableDiffusionInstructPix2PixPipeline.__call__
+    # (diffusers 0.42.1). Differences, each marked "editforge:" below: the reward arguments and their
+    # preparation; image checks and image pairing (`check_image`, `prepare_image_latents`); the UNet runs
+    # inside `reward_conditioner.conditioning`, set up again whenever the branches change; an optional
+    # reward-guidance branch; the deprecated `callback` / `callback_steps` arguments are not taken.
     @torch.no_grad()
     def __call__(
         self,
@@ -233,6 +284,7 @@ class RewardConditionedPix2PixPipeline(StableDiffusionInstructPix2PixPipeline):
         rewards: Mapping[str, float] | Sequence[float] | torch.Tensor | None = None,
         reward_feedback: Mapping[str, str] | str | list | None = None,
         reward_guidance_scale: float = 1.0,
+        reward_feedback_embeds: torch.Tensor | None = None,
     ):
         r"""Edit ``image`` following ``prompt``, aiming at the target ``rewards``.
 
@@ -245,10 +297,21 @@ class RewardConditionedPix2PixPipeline(StableDiffusionInstructPix2PixPipeline):
                 Defaults to 5 for every perspective, as the paper does at inference.
             reward_feedback (`dict`, `str` or `list`, *optional*):
                 Failure text per perspective (``{"generation_quality": "blurry"}``), an already joined
-                string, or a list with one of those per prompt. Defaults to no failures.
+                string, or a list with one of those per prompt. Defaults to no failures. Encoded with the
+                pipeline's tokenizer and text encoder.
             reward_guidance_scale (`float`, *optional*, defaults to 1.0):
                 Guidance over the reward against the learned null reward. 1.0 turns it off (no extra
                 UNet batch); above 1.0 adds one conditional branch and pushes towards the target rewards.
+            reward_feedback_embeds (`torch.Tensor`, *optional*):
+                The feedback precomputed instead of ``reward_feedback``: pooled embeddings [feedback_dim] or
+                [batch, feedback_dim], e.g. ``pipe.reward_conditioner.encode_feedback(tokenizer, text_encoder,
+                texts)``. Needed when the pipeline has no text encoder (``text_encoder=None`` with
+                ``prompt_embeds``); default feedback is encoded with the pipeline's text encoder too.
+
+        Classifier-free guidance and reward guidance are read at every step, as in diffusers: a
+        ``callback_on_step_end`` may turn either off mid-run (setting ``pipe._guidance_scale`` or
+        ``pipe._reward_guidance_scale`` and returning ``prompt_embeds`` and ``image_latents`` cut to the
+        first third, the text branch, when it turns classifier-free guidance off).
 
         Returns:
             [`~pipelines.stable_diffusion.StableDiffusionPipelineOutput`] or `tuple`.
@@ -267,6 +330,7 @@ class RewardConditionedPix2PixPipeline(StableDiffusionInstructPix2PixPipeline):
             ip_adapter_image_embeds,
             callback_on_step_end_tensor_inputs,
         )
+        # editforge: image and reward-guidance checks
         self.check_image(image)
         if not reward_guidance_scale >= 1.0:
             raise ValueError(f"`reward_guidance_scale` must be 1.0 (off) or more, got {reward_guidance_scale}")
@@ -283,9 +347,11 @@ class RewardConditionedPix2PixPipeline(StableDiffusionInstructPix2PixPipeline):
             batch_size = prompt_embeds.shape[0]
         device = self._execution_device
 
-        # 2. Encode the rewards and the input prompt
+        # 2. Encode the rewards (editforge) and the input prompt
         reward_scores = self.prepare_reward_scores(rewards, batch_size, num_images_per_prompt, device)
-        reward_embeds = self.prepare_reward_feedback(reward_feedback, batch_size, num_images_per_prompt, device)
+        reward_embeds = self.prepare_reward_feedback(
+            reward_feedback, batch_size, num_images_per_prompt, device, reward_feedback_embeds
+        )
         prompt_embeds = self._encode_prompt(
             prompt,
             device,
@@ -350,64 +416,71 @@ class RewardConditionedPix2PixPipeline(StableDiffusionInstructPix2PixPipeline):
         # 8. Prepare extra step kwargs.
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
 
-        # 9. Rewards of the UNet batch: [text, image, unconditional] branches (or the text branch
-        # alone without classifier-free guidance), all with the target rewards; reward guidance adds
-        # one more text branch with the null reward.
-        num_branches = 3 if self.do_classifier_free_guidance else 1
+        # 9. editforge: the UNet batch is [text, image, unconditional] with classifier-free guidance (the
+        # text branch alone without), plus one text branch with the null reward under reward guidance.
         samples = batch_size * num_images_per_prompt
-        branch_scores = reward_scores.repeat(num_branches, 1)
-        branch_embeds = reward_embeds.repeat(num_branches, 1)
-        drop = torch.zeros(num_branches * samples, dtype=torch.bool, device=device)
-        if self.do_reward_guidance:
-            num_branches += 1
-            branch_scores = torch.cat([branch_scores, reward_scores])
-            branch_embeds = torch.cat([branch_embeds, reward_embeds])
-            drop = torch.cat([drop, torch.ones(samples, dtype=torch.bool, device=device)])
 
-        def with_null_reward_branch(tensor):
-            return torch.cat([tensor, tensor[:samples]]) if self.do_reward_guidance else tensor
+        def with_null_reward_branch(tensor, do_reward_guidance):
+            return torch.cat([tensor, tensor[:samples]]) if do_reward_guidance else tensor
 
         # 10. Denoising loop
         num_warmup_steps = len(timesteps) - num_inference_steps * self.scheduler.order
         self._num_timesteps = len(timesteps)
-        with self.progress_bar(total=num_inference_steps) as progress_bar, self.reward_conditioner.conditioning(
-            self.unet, branch_scores, branch_embeds, drop
-        ):
+        with self.progress_bar(total=num_inference_steps) as progress_bar, contextlib.ExitStack() as conditioning:
+            branch_key = None
             for i, t in enumerate(timesteps):
+                # editforge: both guidances are read at every step, as diffusers reads classifier-free
+                # guidance (a callback may switch them); the rewards are embedded again only on a change.
+                do_classifier_free_guidance = self.do_classifier_free_guidance
+                do_reward_guidance = self.do_reward_guidance
+                if (do_classifier_free_guidance, do_reward_guidance) != branch_key:
+                    branch_key = (do_classifier_free_guidance, do_reward_guidance)
+                    conditioning.close()
+                    num_branches, *branch_rewards = self.prepare_reward_branches(
+                        reward_scores, reward_embeds, do_classifier_free_guidance, do_reward_guidance
+                    )
+                    conditioning.enter_context(self.reward_conditioner.conditioning(self.unet, *branch_rewards))
+
+                # Expand the latents if we are doing classifier free guidance.
+                # The latents are expanded 3 times because for pix2pix the guidance
+                # is applied for both the text and the input image.
                 latent_model_input = torch.cat([latents] * num_branches) if num_branches > 1 else latents
 
                 # concat latents, image_latents in the channel dimension
                 scaled_latent_model_input = self.scheduler.scale_model_input(latent_model_input, t)
                 scaled_latent_model_input = torch.cat(
-                    [scaled_latent_model_input, with_null_reward_branch(image_latents)], dim=1
+                    [scaled_latent_model_input, with_null_reward_branch(image_latents, do_reward_guidance)], dim=1
                 )
                 step_added_cond_kwargs = added_cond_kwargs
-                if added_cond_kwargs is not None and self.do_reward_guidance:
-                    step_added_cond_kwargs = {"image_embeds": [with_null_reward_branch(e) for e in image_embeds]}
+                if added_cond_kwargs is not None and do_reward_guidance:
+                    step_added_cond_kwargs = {
+                        "image_embeds": [with_null_reward_branch(e, True) for e in added_cond_kwargs["image_embeds"]]
+                    }
 
                 # predict the noise residual
                 noise_pred = self.unet(
                     scaled_latent_model_input,
                     t,
-                    encoder_hidden_states=with_null_reward_branch(prompt_embeds),
+                    encoder_hidden_states=with_null_reward_branch(prompt_embeds, do_reward_guidance),
                     added_cond_kwargs=step_added_cond_kwargs,
                     cross_attention_kwargs=cross_attention_kwargs,
                     return_dict=False,
                 )[0]
 
                 # perform guidance
-                branches = noise_pred.chunk(num_branches)
-                noise_pred_text = branches[0]
-                if self.do_classifier_free_guidance:
-                    noise_pred_image, noise_pred_uncond = branches[1], branches[2]
+                branch_preds = noise_pred.chunk(num_branches)
+                noise_pred_text = branch_preds[0]
+                if do_classifier_free_guidance:
+                    noise_pred_image, noise_pred_uncond = branch_preds[1], branch_preds[2]
                     noise_pred = (
                         noise_pred_uncond
                         + self.guidance_scale * (noise_pred_text - noise_pred_image)
                         + self.image_guidance_scale * (noise_pred_image - noise_pred_uncond)
                     )
-                if self.do_reward_guidance:
-                    noise_pred_null_reward = branches[-1]
-                    if not self.do_classifier_free_guidance:
+                # editforge: reward guidance against the null-reward branch
+                if do_reward_guidance:
+                    noise_pred_null_reward = branch_preds[-1]
+                    if not do_classifier_free_guidance:
                         noise_pred = noise_pred_text
                     noise_pred = noise_pred + (self.reward_guidance_scale - 1.0) * (
                         noise_pred_text - noise_pred_null_reward
@@ -424,6 +497,7 @@ class RewardConditionedPix2PixPipeline(StableDiffusionInstructPix2PixPipeline):
 
                     latents = callback_outputs.pop("latents", latents)
                     prompt_embeds = callback_outputs.pop("prompt_embeds", prompt_embeds)
+                    negative_prompt_embeds = callback_outputs.pop("negative_prompt_embeds", negative_prompt_embeds)
                     image_latents = callback_outputs.pop("image_latents", image_latents)
 
                 if i == len(timesteps) - 1 or ((i + 1) > num_warmup_steps and (i + 1) % self.scheduler.order == 0):
@@ -492,6 +566,20 @@ class RewardConditionedPix2PixPipeline(StableDiffusionInstructPix2PixPipeline):
             pipeline = super().from_pretrained(view, **loading_kwargs)
         pipeline.register_to_config(_name_or_path=str(pretrained_model_name_or_path))
         return pipeline
+
+
+def _one_row_per_prompt(values: torch.Tensor, batch_size: int, name: str, width: int, expected: str) -> torch.Tensor:
+    """``values`` ([width], [1, width] or [batch_size, width]) as [batch_size, width], or a ValueError
+    naming the argument ``name`` and what it ``expected``."""
+    if values.ndim == 1:
+        values = values.unsqueeze(0)
+    if values.ndim != 2 or values.shape[1] != width:
+        raise ValueError(f"`{name}` {expected}, got shape {tuple(values.shape)}")
+    if values.shape[0] == 1:
+        return values.expand(batch_size, -1)
+    if values.shape[0] != batch_size:
+        raise ValueError(f"`{name}` has {values.shape[0]} rows for {batch_size} prompts")
+    return values
 
 
 def _installed_code_view(folder: Path, index: dict, pipeline_class: type, view: Path) -> None:

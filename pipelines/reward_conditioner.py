@@ -54,6 +54,7 @@ from diffusers.models.attention_processor import Attention
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.modeling_utils import ModelMixin
 
+# copy of editforge.vocabulary (this Hub file stays self-contained; tests/test_vocabulary.py checks they are equal)
 PERSPECTIVES = ("instruction_following", "detail_preserving", "generation_quality")
 NO_FAILURE = "None"
 FEEDBACK_SEPARATOR = "; "

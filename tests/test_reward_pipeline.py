@@ -145,9 +145,14 @@ def test_reward_guidance_adds_exactly_one_conditional_branch_and_changes_the_res
         ({"reward_guidance_scale": 0.5}, ValueError, r"`reward_guidance_scale` must be 1\.0 \(off\) or more"),
         ({"image": "photo.png"}, TypeError, r"`image` must be a PIL image, a numpy array, a torch tensor or a list of them, got str"),
         ({"image": [1, 2]}, TypeError, r"got a list holding int"),
+        ({"reward_feedback_embeds": torch.zeros(5)}, ValueError, r"`reward_feedback_embeds` must have shape \[batch, 32\]"),
+        ({"reward_feedback_embeds": torch.zeros(3, 32)}, ValueError, r"`reward_feedback_embeds` has 3 rows for 1 prompts"),
+        ({"reward_feedback_embeds": [0.0] * 32}, TypeError, r"`reward_feedback_embeds` must be a tensor"),
+        ({"reward_feedback": "blurry", "reward_feedback_embeds": torch.zeros(32)}, ValueError, r"not both"),
     ],
     ids=["score-high", "score-negative", "score-nan", "unknown-perspective", "two-scores", "string-rewards",
-         "unknown-feedback-perspective", "feedback-count", "guidance-below-one", "image-path", "image-ints"],
+         "unknown-feedback-perspective", "feedback-count", "guidance-below-one", "image-path", "image-ints",
+         "feedback-embeds-width", "feedback-embeds-rows", "feedback-embeds-list", "feedback-and-embeds"],
 )
 def test_bad_calls_raise_one_clear_error(untrained, kwargs, error, message):
     with pytest.raises(error, match=message):
@@ -173,6 +178,85 @@ def test_callback_on_step_end_sees_and_can_replace_latents(trained):
     zeroed = edit(trained, num_inference_steps=3, callback_on_step_end=callback)
     assert [step for step, _ in seen] == [0, 1, 2] and seen[0][1] == (1, 4, 16, 16)
     assert np.abs(zeroed - edit(trained, num_inference_steps=3)).max() > 1e-3
+
+
+def _turn_classifier_free_guidance_off_at(step):
+    """diffusers' way (its InstructPix2Pix ``test_callback_cfg``): from ``step`` on, keep the text
+    branch (the first third) of the batched tensors and set the guidance scale to 1."""
+
+    def callback(pipe, i, t, tensors):
+        if i == step:
+            tensors = {name: tensor.chunk(3)[0] if name in ("prompt_embeds", "image_latents") else tensor
+                       for name, tensor in tensors.items()}
+            pipe._guidance_scale = 1.0
+        return tensors
+
+    return callback
+
+
+def test_callback_turning_classifier_free_guidance_off_mid_run_follows_diffusers(untrained, reference, trained):
+    settings = {"num_inference_steps": 3, "guidance_scale": 7.5, "callback_on_step_end": _turn_classifier_free_guidance_off_at(0),
+                "callback_on_step_end_tensor_inputs": ["latents", "prompt_embeds", "image_latents"]}
+    ours = edit(untrained, **settings)
+    theirs = edit(reference, **settings)
+    assert ours.shape == (1, 32, 32, 3) and np.abs(ours - theirs).max() <= 1e-5
+    assert np.abs(ours - edit(untrained, num_inference_steps=3, guidance_scale=7.5)).max() > 1e-4, "guidance did change"
+
+    # a trained conditioner, with reward guidance: the branches shrink from 4 to 2 and the rewards follow
+    sizes, drops = [], []
+    original_forward = trained.reward_conditioner.forward
+
+    def spy_forward(scores, feedback, drop=None):
+        drops.append(drop.tolist())
+        return original_forward(scores, feedback, drop)
+
+    handle = trained.unet.register_forward_pre_hook(lambda module, args: sizes.append(args[0].shape[0]))
+    trained.reward_conditioner.forward = spy_forward
+    try:
+        edit(trained, reward_guidance_scale=3.0, **settings)
+    finally:
+        handle.remove()
+        del trained.reward_conditioner.forward
+    assert sizes == [4, 2, 2]
+    assert drops == [[False, False, False, True], [False, True]]
+
+
+def test_callback_turning_reward_guidance_off_mid_run_drops_its_branch(trained):
+    def reward_guidance_off(pipe, i, t, tensors):
+        pipe._reward_guidance_scale = 1.0
+        return tensors
+
+    sizes = []
+    handle = trained.unet.register_forward_pre_hook(lambda module, args: sizes.append(args[0].shape[0]))
+    try:
+        edit(trained, num_inference_steps=3, reward_guidance_scale=3.0, callback_on_step_end=reward_guidance_off)
+    finally:
+        handle.remove()
+    assert sizes == [4, 3, 3]
+
+
+def test_pipeline_without_text_encoder_takes_precomputed_prompt_and_feedback_embeds(trained):
+    text, negative, _ = trained._encode_prompt(PROMPTS[0], "cpu", 1, True, None).chunk(3)
+    no_text_encoder = RewardConditionedPix2PixPipeline(
+        **{**trained.components, "text_encoder": None, "tokenizer": None}, requires_safety_checker=False
+    )
+    no_text_encoder.set_progress_bar_config(disable=True)
+    embeds = {"prompt": None, "prompt_embeds": text, "negative_prompt_embeds": negative}
+
+    with pytest.raises(ValueError, match=r"the pipeline has no text_encoder to encode the reward feedback.*`reward_feedback_embeds`"):
+        edit(no_text_encoder, **embeds)
+
+    conditioner = trained.reward_conditioner
+    failure = {"generation_quality": "slight grain and noise across the image"}
+    with torch.no_grad():
+        default_embeds, failure_embeds = conditioner.encode_feedback(
+            trained.tokenizer, trained.text_encoder, [conditioner.no_failure_feedback, conditioner.join_feedback(failure)]
+        )
+    default = edit(no_text_encoder, reward_feedback_embeds=default_embeds, **embeds)
+    assert np.abs(default - edit(trained)).max() <= 1e-5
+    with_failure = edit(no_text_encoder, reward_feedback_embeds=failure_embeds[None], rewards=[2, 5, 5], **embeds)
+    assert np.abs(with_failure - edit(trained, reward_feedback=failure, rewards=[2, 5, 5])).max() <= 1e-5
+    assert np.abs(with_failure - default).max() > 1e-3
 
 
 def test_unet_lora_loads_beside_the_conditioner_and_keeps_its_own_file(tmp_path):

@@ -1,12 +1,22 @@
 """editforge.training: accelerate + PEFT training scripts on one shared core.
 
-- ``config``: configuration dataclasses and their command-line flags;
-- ``data``: canonical edit datasets, resolution and aspect-ratio buckets, batching;
-- ``diffusion``: noising, targets, min-SNR weighting;
-- ``lora``: UNet LoRA adapters through PEFT, saved in diffusers' format;
-- ``core``: the training loop (accelerate, checkpoints and resuming, logging, validation);
-- ``autoencoder``: fitting a small VAE (the demo's);
-- ``train_reward_pix2pix``: Multi-Reward as Condition (and its plain InstructPix2Pix baseline).
+The core, which any trainer plugs into:
+
+- ``config``: configuration dataclasses (``TrainingConfig``, objective and editing mixins) and
+  their command-line flags; a config validates itself when made;
+- ``core``: the ``Trainer`` loop (accelerate, any batch sampler, losses with extra logged values,
+  pickle-free checkpoints with exact resume, logging, validation callbacks);
+- ``samplers``: shape-bucket batches and importance (weighted) sampling;
+- ``objectives``: DDPM epsilon / v-prediction (min-SNR) and rectified flow matching as SD3 is
+  trained (timestep densities, SD3's loss weighting), InstructPix2Pix conditioning dropout;
+- ``lora``: LoRA for any denoiser (UNet, SD3 transformer) in diffusers' LoRA format;
+- ``components``: loading a base pipeline's components; ``latents``: cached VAE latents;
+  ``data``: canonical edit datasets, resolution and aspect-ratio buckets;
+- ``validation``: validation grids; ``output``: the published output folder, card and upload;
+- ``autoencoder``: fitting a small VAE (the demo's).
+
+One script per method: ``train_reward_pix2pix`` (Multi-Reward as Condition, and its plain
+InstructPix2Pix baseline).
 
 Importing this package imports nothing heavy; the scripts import torch and diffusers.
 """

@@ -1,9 +1,14 @@
 """Training configuration as dataclasses, parsed into diffusers-style command-line flags.
 
-:class:`EditTrainingConfig` holds what every editforge training script shares (model, data,
-resolution, optimisation, checkpoints, LoRA, validation, logging, Hub). A script subclasses it
-with its method's fields and parses ``argv`` with :func:`parse_config`; every field becomes a
-``--field_name`` flag, booleans become switches.
+:class:`TrainingConfig` holds what every editforge training script shares (model, data,
+resolution, optimisation, checkpoints, LoRA, validation, logging, Hub). The objectives add their
+own fields as mixins (:class:`DenoisingObjectiveConfig` for DDPM-style UNets,
+:class:`FlowMatchingObjectiveConfig` for SD3-style flow matching), editing trainers add
+:class:`EditingConfig`, and each script has one config class, e.g. ``class
+RewardPix2PixConfig(EditingConfig, DenoisingObjectiveConfig, TrainingConfig)``. Every field
+becomes a ``--field_name`` flag (booleans become ``--name/--no-name`` switches), and a config is
+validated whenever it is made: parsed from flags or built in Python (``main(Config(...))``). A
+subclass checks its own fields in ``validate()`` and calls ``super().validate()``.
 """
 
 from __future__ import annotations
@@ -22,6 +27,9 @@ from editforge.errors import UsageError
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 TRACKERS = ("jsonl", "tensorboard", "wandb", "none")
+# flow matching (training/objectives.py implements them)
+DENSITIES = ("uniform", "logit_normal", "mode")
+LOSS_WEIGHTINGS = ("none", "sigma_sqrt", "cosmap")
 
 
 def help_field(text: str, **kwargs):
@@ -30,7 +38,7 @@ def help_field(text: str, **kwargs):
 
 
 @dataclass
-class EditTrainingConfig:
+class TrainingConfig:
     """Settings shared by the training scripts (one flag each, diffusers' names where they exist)."""
 
     pretrained_model_name_or_path: str = help_field("base pipeline: a local folder or a Hub repo id", default="")
@@ -38,13 +46,13 @@ class EditTrainingConfig:
     dataset_name: str = help_field("dataset in editforge's canonical features: a local folder or a Hub id", default="")
     dataset_config_name: str | None = help_field("dataset config (subset) name", default=None)
     dataset_split: str = help_field("split to train on", default="train")
-    validation_split: str | None = help_field("split whose first examples are edited at each validation", default=None)
+    validation_split: str | None = help_field("split whose first examples are used at each validation", default=None)
     revision: str | None = help_field("revision of the base model on the Hub", default=None)
     cache_dir: str | None = help_field("Hub cache folder", default=None)
     max_train_samples: int | None = help_field("keep only the first N training examples", default=None)
 
     resolution: int = help_field("training resolution: the shorter side, or the area's side with buckets", default=512)
-    center_crop: bool = help_field("crop the centre instead of a random crop (the same for source and edited)", default=False)
+    center_crop: bool = help_field("crop the centre instead of a random crop (the same for every image of an example)", default=False)
     aspect_ratio_buckets: bool = help_field(
         "keep aspect ratios: batch examples by the nearest of a set of shapes of about resolution^2 pixels",
         default=False,
@@ -64,23 +72,19 @@ class EditTrainingConfig:
     mixed_precision: str = help_field(f"one of {', '.join(MIXED_PRECISION)}", default="no")
     seed: int = help_field("seed of initialisation, data order, noise and dropout", default=0)
 
-    full: bool = help_field("train the whole UNet instead of a LoRA adapter", default=False)
-    rank: int = help_field("LoRA rank of the UNet adapter", default=4)
+    full: bool = help_field("train the whole denoiser instead of a LoRA adapter", default=False)
+    rank: int = help_field("LoRA rank of the denoiser's adapter", default=4)
     lora_alpha: int | None = help_field("LoRA alpha (default: the rank)", default=None)
-    train_text_encoder: bool = help_field("train the text encoder too (fully)", default=False)
-    snr_gamma: float | None = help_field("min-SNR loss weighting gamma (5.0 is the paper's choice); off by default", default=None)
-    prediction_type: str | None = help_field("epsilon or v_prediction (default: the base scheduler's)", default=None)
     cache_latents: bool = help_field("encode every image once with the frozen VAE before training", default=False)
 
     checkpointing_steps: int = help_field("save a resumable checkpoint every N steps (0: never)", default=500)
     checkpoints_total_limit: int | None = help_field("keep at most N checkpoints", default=None)
     resume_from_checkpoint: str | None = help_field("a checkpoint folder, or 'latest'", default=None)
 
-    validation_steps: int = help_field("edit validation images every N steps (0: only at the end)", default=0)
-    num_validation_images: int = help_field("validation examples edited each time", default=4)
-    validation_inference_steps: int = help_field("sampling steps of validation edits", default=20)
-    validation_guidance_scale: float = help_field("text guidance of validation edits", default=7.5)
-    validation_image_guidance_scale: float = help_field("image guidance of validation edits", default=1.5)
+    validation_steps: int = help_field("run validation every N steps (0: only at the end)", default=0)
+    num_validation_images: int = help_field("validation examples each time", default=4)
+    validation_inference_steps: int = help_field("sampling steps of validation images", default=20)
+    validation_guidance_scale: float = help_field("text guidance of validation images", default=7.5)
 
     report_to: str = help_field(f"tracker: one of {', '.join(TRACKERS)} (jsonl writes logs/metrics.jsonl)", default="jsonl")
     logging_steps: int = help_field("log the step's loss and learning rate every N steps (and at the last step)", default=10)
@@ -88,6 +92,9 @@ class EditTrainingConfig:
     push_to_hub: bool = help_field("upload the final pipeline folder to the Hub", default=False)
     hub_model_id: str | None = help_field("repo id for --push_to_hub (default: the output folder's name)", default=None)
     progress: bool = help_field("show progress bars", default=True)
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> None:
         """Raise UsageError naming the first bad setting."""
@@ -103,8 +110,6 @@ class EditTrainingConfig:
             (self.mixed_precision in MIXED_PRECISION, f"--mixed_precision must be one of {', '.join(MIXED_PRECISION)}"),
             (self.rank >= 1, f"--rank must be at least 1, got {self.rank}"),
             (self.report_to in TRACKERS, f"--report_to must be one of {', '.join(TRACKERS)}"),
-            (self.prediction_type in (None, "epsilon", "v_prediction"), "--prediction_type must be epsilon or v_prediction"),
-            (self.snr_gamma is None or self.snr_gamma > 0, "--snr_gamma must be positive"),
             (self.checkpointing_steps >= 0, "--checkpointing_steps must be 0 or more"),
             (self.logging_steps >= 1, f"--logging_steps must be at least 1, got {self.logging_steps}"),
         ]
@@ -119,7 +124,57 @@ class EditTrainingConfig:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
 
-ConfigT = TypeVar("ConfigT", bound=EditTrainingConfig)
+@dataclass
+class DenoisingObjectiveConfig:
+    """Fields of the DDPM objective (epsilon / v-prediction UNets); mix in before TrainingConfig."""
+
+    snr_gamma: float | None = help_field("min-SNR loss weighting gamma (5.0 is the paper's choice); off by default", default=None)
+    prediction_type: str | None = help_field("epsilon or v_prediction (default: the base scheduler's)", default=None)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.prediction_type not in (None, "epsilon", "v_prediction"):
+            raise UsageError("--prediction_type must be epsilon or v_prediction")
+        if self.snr_gamma is not None and self.snr_gamma <= 0:
+            raise UsageError("--snr_gamma must be positive")
+
+
+@dataclass
+class FlowMatchingObjectiveConfig:
+    """Fields of rectified flow matching as SD3 is trained; mix in before TrainingConfig."""
+
+    weighting_scheme: str = help_field(f"timestep density: one of {', '.join(DENSITIES)}", default="logit_normal")
+    logit_mean: float = help_field("mean of the logit-normal density", default=0.0)
+    logit_std: float = help_field("standard deviation of the logit-normal density", default=1.0)
+    mode_scale: float = help_field("scale of the mode density", default=1.29)
+    loss_weighting: str = help_field(f"per-timestep loss weight: one of {', '.join(LOSS_WEIGHTINGS)}", default="none")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.weighting_scheme not in DENSITIES:
+            raise UsageError(f"--weighting_scheme must be one of {', '.join(DENSITIES)}, got {self.weighting_scheme!r}")
+        if self.loss_weighting not in LOSS_WEIGHTINGS:
+            raise UsageError(f"--loss_weighting must be one of {', '.join(LOSS_WEIGHTINGS)}, got {self.loss_weighting!r}")
+        if self.logit_std <= 0:
+            raise UsageError(f"--logit_std must be positive, got {self.logit_std}")
+
+
+@dataclass
+class EditingConfig:
+    """Fields of instruction-editing trainers (InstructPix2Pix-style input: the source image's
+    latents beside the noisy ones); mix in before TrainingConfig."""
+
+    conditioning_dropout_prob: float = help_field(
+        "InstructPix2Pix dropout of the text, of the image, and of both (each)", default=0.05)
+    validation_image_guidance_scale: float = help_field("image guidance of validation edits", default=1.5)
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0 <= self.conditioning_dropout_prob <= 1 / 3:
+            raise UsageError(f"--conditioning_dropout_prob out of range 0..1/3: {self.conditioning_dropout_prob}")
+
+
+ConfigT = TypeVar("ConfigT", bound=TrainingConfig)
 
 
 def _flag_type(annotation):
@@ -154,6 +209,4 @@ def build_parser(config_class: type[ConfigT], prog: str | None = None, descripti
 def parse_config(config_class: type[ConfigT], argv: Sequence[str] | None = None, prog: str | None = None) -> ConfigT:
     """Parse flags into a validated config (bad values raise UsageError)."""
     args = build_parser(config_class, prog=prog).parse_args(argv)
-    config = config_class(**vars(args))
-    config.validate()
-    return config
+    return config_class(**vars(args))

@@ -1,9 +1,13 @@
 """The training loop every editforge training script shares.
 
 A script builds its models, wraps the trainable ones in one ``nn.Module`` (so that data
-parallelism synchronises all of them), and hands the :class:`Trainer` three things: that module,
-the training examples with their shapes, and a ``compute_loss(batch, generator)`` function. The
-trainer owns the rest:
+parallelism synchronises all of them), and hands the :class:`Trainer` four things: that module,
+a map-style dataset of training examples, a batch sampler over it (``training.samplers``: shape
+buckets, importance sampling, or any sampler of index lists with ``set_epoch``) and a
+``compute_loss(batch, generator)`` function, which returns the loss or ``(loss, {name: value})``
+with extra values to log (a DPO trainer's implicit reward accuracy and margin, say). Batches are
+whatever the script's ``collate_fn`` makes of its examples: nothing here assumes edit triplets.
+The trainer owns the rest:
 
 - accelerate (single process, ``accelerate launch`` or ``torchrun``; gradient accumulation,
   mixed precision, trackers; a JSONL tracker writing ``logs/metrics.jsonl`` by default);
@@ -33,7 +37,7 @@ import torch
 
 from editforge.errors import UsageError
 
-from .config import EditTrainingConfig
+from .config import TrainingConfig
 
 CHECKPOINT_PREFIX = "checkpoint-"
 METRICS_FILE = "metrics.jsonl"
@@ -129,6 +133,25 @@ def find_checkpoint(output_dir: str | Path, which: str | None) -> Path | None:
     return found[-1] if found else None
 
 
+def _loss_and_logs(output) -> tuple[torch.Tensor, dict]:
+    """``compute_loss`` returns the loss, or ``(loss, {name: value})``."""
+    if isinstance(output, tuple):
+        loss, logs = output
+        return loss, dict(logs)
+    return output, {}
+
+
+def _batch_size(batch) -> int:
+    """Examples in a collated batch: the length of its first tensor or list."""
+    values = batch.values() if isinstance(batch, dict) else batch
+    for value in values:
+        if torch.is_tensor(value) and value.ndim > 0:
+            return len(value)
+        if isinstance(value, (list, tuple)):
+            return len(value)
+    raise TypeError("cannot tell the batch size: the collated batch holds no tensor or list")
+
+
 def step_generator(seed: int, step: int, process_index: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step * 7919 + process_index)
 
@@ -137,6 +160,7 @@ def step_generator(seed: int, step: int, process_index: int) -> torch.Generator:
 class TrainingResult:
     global_step: int
     losses: dict[int, float] = field(default_factory=dict)
+    logs: dict[int, dict[str, float]] = field(default_factory=dict)  # compute_loss's extra values
     seconds: float = 0.0
     samples_per_second: float = 0.0
     resumed_from: int | None = None
@@ -145,7 +169,7 @@ class TrainingResult:
 class Trainer:
     """Runs the optimisation loop of a training script (see the module docstring)."""
 
-    def __init__(self, config: EditTrainingConfig, project_name: str):
+    def __init__(self, config: TrainingConfig, project_name: str):
         from accelerate import Accelerator
         from accelerate.utils import ProjectConfiguration, set_seed
 
@@ -188,14 +212,34 @@ class Trainer:
         diffusers formats (safetensors); ``load(model, folder)`` reads them back."""
         self._save_weights, self._load_weights = save, load
 
-    def prepare(self, model: torch.nn.Module, examples, shapes, collate_fn,
+    def checkpoint_modules(self, saved: dict[str, str], lora: str | None = None) -> None:
+        """The usual checkpoint hooks: each ``{folder: attribute}`` of the model is written with its
+        own ``save_pretrained`` (diffusers / transformers formats, safetensors) and read back into the
+        live module; the LoRA adapter of ``lora`` (an attribute) with diffusers' LoRA format."""
+        from .lora import load_lora, save_lora
+
+        def save(model, folder: Path):
+            for name, attribute in saved.items():
+                getattr(model, attribute).save_pretrained(folder / name)
+            if lora is not None:
+                save_lora(getattr(model, lora), folder)
+
+        def load(model, folder: Path):
+            for name, attribute in saved.items():
+                module = getattr(model, attribute)
+                module.load_state_dict(type(module).from_pretrained(folder / name).state_dict())
+            if lora is not None:
+                load_lora(getattr(model, lora), folder)
+
+        self.register_checkpoint_hooks(save, load)
+
+    def prepare(self, model: torch.nn.Module, examples, batch_sampler, collate_fn,
                 learning_rates: dict[torch.nn.Module, float] | None = None):
-        """Set up optimiser, schedule and data. ``learning_rates`` gives submodules of ``model``
-        their own peak learning rate (newly added modules often want a higher one than the
+        """Set up optimiser, schedule and data: ``examples[i]`` for the index lists that
+        ``batch_sampler`` yields, batched by ``collate_fn``. ``learning_rates`` gives submodules of
+        ``model`` their own peak learning rate (newly added modules often want a higher one than the
         pretrained weights around them); every other trainable parameter gets ``learning_rate``."""
         from diffusers.optimization import get_scheduler
-
-        from .data import ShapeBatchSampler
 
         config = self.config
         params = [p for p in model.parameters() if p.requires_grad]
@@ -217,7 +261,9 @@ class Trainer:
             groups, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
             weight_decay=config.adam_weight_decay, eps=config.adam_epsilon, fused=fused or None,
         )
-        self.batch_sampler = ShapeBatchSampler(shapes, config.train_batch_size, seed=config.seed)
+        if not callable(getattr(batch_sampler, "set_epoch", None)):
+            raise TypeError(f"{type(batch_sampler).__name__} has no set_epoch(epoch): its batches must depend on the epoch only")
+        self.batch_sampler = batch_sampler
         dataloader = torch.utils.data.DataLoader(
             examples, batch_sampler=self.batch_sampler, collate_fn=collate_fn, num_workers=config.dataloader_num_workers
         )
@@ -270,9 +316,10 @@ class Trainer:
         scheduler.load_state_dict(json.loads((folder / SCHEDULER_FILE).read_text()))
         return int(json.loads((folder / STATE_FILE).read_text())["global_step"])
 
-    def train(self, compute_loss: Callable[[dict, torch.Generator], torch.Tensor],
+    def train(self, compute_loss: Callable[[object, torch.Generator], torch.Tensor | tuple[torch.Tensor, dict]],
               validate: Callable[[int], None] | None = None) -> TrainingResult:
-        """Optimise until ``max_train_steps``; returns the loss of every step run here."""
+        """Optimise until ``max_train_steps``; returns the loss (and the extra logged values) of
+        every step run here."""
         from tqdm.auto import tqdm
 
         config, accelerator = self.config, self.accelerator
@@ -303,12 +350,12 @@ class Trainer:
                 batches.set_epoch(epoch)
                 skip = 0
             self.batch_sampler.set_epoch(epoch)
-            micro_losses = []
-            for micro_step, batch in enumerate(batches):
+            micro_losses, micro_logs = [], []
+            for batch in batches:
                 generator = step_generator(config.seed, global_step * config.gradient_accumulation_steps
                                            + len(micro_losses), accelerator.process_index)
                 with accelerator.accumulate(self.model):
-                    loss = compute_loss(batch, generator)
+                    loss, logs = _loss_and_logs(compute_loss(batch, generator))
                     accelerator.backward(loss)
                     if accelerator.sync_gradients:
                         accelerator.clip_grad_norm_(self.params, config.max_grad_norm)
@@ -316,15 +363,21 @@ class Trainer:
                     self.lr_scheduler.step()
                     self.optimizer.zero_grad(set_to_none=True)
                 micro_losses.append(accelerator.gather(loss.detach()[None]).mean().item())
-                samples += len(batch["index"]) * accelerator.num_processes
+                micro_logs.append({k: accelerator.gather(torch.as_tensor(v, dtype=torch.float32, device=loss.device)
+                                                         .detach().reshape(1)).mean().item() for k, v in logs.items()})
+                samples += _batch_size(batch) * accelerator.num_processes
                 if not accelerator.sync_gradients:
                     continue
                 global_step += 1
                 step_loss = sum(micro_losses) / len(micro_losses)
-                micro_losses = []
+                step_logs = {k: sum(m[k] for m in micro_logs) / len(micro_logs) for k in micro_logs[0]}
+                micro_losses, micro_logs = [], []
                 result.losses[global_step] = step_loss
+                if step_logs:
+                    result.logs[global_step] = step_logs
                 if global_step % config.logging_steps == 0 or global_step >= config.max_train_steps:
-                    accelerator.log({"loss": step_loss, "lr": self.lr_scheduler.get_last_lr()[0]}, step=global_step)
+                    accelerator.log({"loss": step_loss, **step_logs, "lr": self.lr_scheduler.get_last_lr()[0]},
+                                    step=global_step)
                 progress.update(1)
                 progress.set_postfix(loss=f"{step_loss:.4f}")
                 if config.checkpointing_steps and global_step % config.checkpointing_steps == 0:

@@ -15,16 +15,16 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
 from editforge.errors import UsageError
+from editforge.vocabulary import NO_FAILURE, PERSPECTIVES
 
 REQUIRED_COLUMNS = ("source_image", "edited_image", "instruction")
-PERSPECTIVES = ("instruction_following", "detail_preserving", "generation_quality")
 
 
 def load_edit_dataset(name_or_path: str, config_name: str | None = None, split: str = "train",
@@ -70,7 +70,7 @@ def reward_scores(rewards) -> list[float]:
 
 
 def reward_feedback(rewards) -> dict[str, str]:
-    return {p: (rewards[p].get("feedback") or "None") for p in PERSPECTIVES}
+    return {p: (rewards[p].get("feedback") or NO_FAILURE) for p in PERSPECTIVES}
 
 
 def bucket_shapes(resolution: int, step: int = 64, max_ratio: float = 4.0) -> list[tuple[int, int]]:
@@ -153,40 +153,3 @@ def example_shapes(dataset, resolution: int, aspect_ratio_buckets: bool) -> list
     else:
         sizes = (row["source_image"].size for row in dataset)
     return [nearest_bucket(w, h, shapes) for w, h in sizes]
-
-
-class ShapeBatchSampler(torch.utils.data.Sampler):
-    """Batches of indices that share one shape, shuffled by (seed, epoch): the same every run."""
-
-    def __init__(self, shapes: Sequence[tuple[int, int]], batch_size: int, seed: int = 0, drop_last: bool = True):
-        self.groups: dict[tuple[int, int], list[int]] = {}
-        for index, shape in enumerate(shapes):
-            self.groups.setdefault(shape, []).append(index)
-        self.batch_size, self.seed, self.drop_last, self.epoch = batch_size, seed, drop_last, 0
-        if drop_last and all(len(g) < batch_size for g in self.groups.values()):
-            raise UsageError(
-                f"no shape has a full batch of {batch_size} examples; lower --train_batch_size "
-                f"(largest group: {max(len(g) for g in self.groups.values())})"
-            )
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _batches(self) -> list[list[int]]:
-        rng = random.Random(self.seed * 1_000_003 + self.epoch)
-        batches = []
-        for shape in sorted(self.groups):
-            indices = list(self.groups[shape])
-            rng.shuffle(indices)
-            for start in range(0, len(indices), self.batch_size):
-                batch = indices[start: start + self.batch_size]
-                if len(batch) == self.batch_size or not self.drop_last:
-                    batches.append(batch)
-        rng.shuffle(batches)
-        return batches
-
-    def __iter__(self) -> Iterator[list[int]]:
-        return iter(self._batches())
-
-    def __len__(self) -> int:
-        return len(self._batches())

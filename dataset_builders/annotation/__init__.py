@@ -9,7 +9,8 @@ Batch API), plus a loopback server that serves the synthetic world's oracle as a
 
 Modules: ``rubrics`` (prompts, schemas, validation), ``images`` (downscaling, data URLs),
 ``client`` (the one async judge client), ``cache`` (SQLite answer cache), ``batch`` (Batch
-API), ``sources`` (manifests), ``engine`` (the run), ``server`` (loopback OpenAI server).
+API), ``sources`` (manifests), ``engine`` (the run), ``server`` (loopback OpenAI-compatible server on
+aiohttp, serving any responder), ``responders`` (the responder interface and the built-in judges).
 """
 
 from .batch import BatchError, BatchRunner
@@ -22,7 +23,8 @@ from .sources import TripletSource, manifest_source, open_source
 
 # The loopback server is imported on first use, so that ``python -m
 # editforge.dataset_builders.annotation.server`` does not find it imported already.
-_SERVER_NAMES = ("ConstantResponder", "FaultPlan", "LoopbackServer", "OracleResponder", "serve_oracle")
+_SERVER_NAMES = ("ChatRequest", "ConstantResponder", "FaultPlan", "JudgeResponder", "LoopbackServer", "OracleResponder",
+                 "ResponderError", "serve", "serve_oracle")
 
 
 def __getattr__(name):
@@ -40,6 +42,7 @@ __all__ = [
     "AnnotationReport", "Annotator", "MissingRewards", "Pricing", "annotate_manifest", "annotate_source",
     "ImageError", "PreparedImage", "prepare_image",
     "MULTI_REWARD", "RUBRICS", "VIESCORE_EDIT", "InvalidAnswer", "Rubric", "get_rubric",
-    "ConstantResponder", "FaultPlan", "LoopbackServer", "OracleResponder", "serve_oracle",
+    "ChatRequest", "ConstantResponder", "FaultPlan", "JudgeResponder", "LoopbackServer", "OracleResponder",
+    "ResponderError", "serve", "serve_oracle",
     "TripletSource", "manifest_source", "open_source",
 ]

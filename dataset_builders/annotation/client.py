@@ -36,6 +36,7 @@ import time
 from dataclasses import dataclass, field
 
 from editforge.errors import EditforgeError
+from editforge.vocabulary import MULTI_REWARD as MULTI_REWARD_NAME
 
 from .images import PreparedImage
 from .rubrics import InvalidAnswer, Rubric, get_rubric
@@ -175,7 +176,7 @@ class JudgeClient:
     client records is scrubbed of it.
     """
 
-    def __init__(self, rubric: str | Rubric = "multi-reward", *, model: str = DEFAULT_MODEL,
+    def __init__(self, rubric: str | Rubric = MULTI_REWARD_NAME, *, model: str = DEFAULT_MODEL,
                  base_url: str | None = None, api_key: str | None = None,
                  policy: RetryPolicy | None = None, connections: int = 64,
                  max_completion_tokens: int = 1024, seed: int | None = None, http_backend: str | None = None):

@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Iterator
 
 from editforge.errors import EditforgeError, UsageError
+from editforge.vocabulary import EDIT_IMAGE_COLUMNS
+from editforge.vocabulary import MULTI_REWARD as MULTI_REWARD_NAME
 
 from ..manifest import write_manifest
 from .cache import AnswerCache, cache_key, default_cache_path
@@ -38,7 +40,7 @@ from .rubrics import get_rubric
 from .sources import TripletSource, open_source
 
 OUTPUT_FIELDS = ("rewards", "judge", "usage", "error")
-IMAGE_PAIR = ("source_image", "edited_image")
+IMAGE_PAIR = EDIT_IMAGE_COLUMNS[:2]  # (source_image, edited_image): what the judge sees
 PENDING, CACHED, JUDGED, FAILED = range(4)
 
 
@@ -361,7 +363,7 @@ class Annotator:
         return report
 
 
-def annotate_source(source: TripletSource, out: str | os.PathLike, *, rubric: str = "multi-reward",
+def annotate_source(source: TripletSource, out: str | os.PathLike, *, rubric: str = MULTI_REWARD_NAME,
                     judge: str | None = None, base_url: str | None = None, model: str | None = None,
                     concurrency: int = 16, cache: str | os.PathLike | None = None,
                     max_side: int = DEFAULT_MAX_SIDE, batch: bool = False, allow_missing: bool = False,

@@ -39,7 +39,9 @@ from editforge.errors import UsageError
 
 # The three perspectives of Multi-Reward and the feedback for "no failure": one definition,
 # shared with the synthetic world's ground truth.
-from ..synthetic.rubric import NO_FAILURE, PERSPECTIVES
+from editforge.vocabulary import FEEDBACK_SEPARATOR, NO_FAILURE, PERSPECTIVES
+from editforge.vocabulary import MULTI_REWARD as MULTI_REWARD_NAME
+from editforge.vocabulary import VIESCORE_EDIT as VIESCORE_EDIT_NAME
 
 INSTRUCTION_LABEL = "Editing instruction: "
 SOURCE_LABEL = "Original image:"
@@ -184,7 +186,7 @@ def _multi_reward_answer(judgement: dict) -> dict:
 
 
 MULTI_REWARD = Rubric(
-    name="multi-reward",
+    name=MULTI_REWARD_NAME,
     version="1",
     schema_name="multi_reward_judgement",
     system_prompt=_MULTI_REWARD_SYSTEM,
@@ -241,7 +243,7 @@ def _viescore_rewards(answer: dict) -> dict:
 
 def _joined_feedback(*judgements: dict) -> str:
     failures = [j["feedback"] for j in judgements if j["feedback"] != NO_FAILURE]
-    return "; ".join(failures) if failures else NO_FAILURE
+    return FEEDBACK_SEPARATOR.join(failures) if failures else NO_FAILURE
 
 
 def _viescore_answer(judgement: dict) -> dict:
@@ -259,7 +261,7 @@ def _viescore_answer(judgement: dict) -> dict:
 
 
 VIESCORE_EDIT = Rubric(
-    name="viescore-edit",
+    name=VIESCORE_EDIT_NAME,
     version="1",
     schema_name="viescore_edit_judgement",
     system_prompt=_VIESCORE_SYSTEM,

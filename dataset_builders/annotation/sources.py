@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from editforge.errors import UsageError
+from editforge.vocabulary import EDIT_IMAGE_COLUMNS
 
 from ..manifest import IMAGE_FIELDS, MANIFEST_NAME, manifest_path, read_manifest, resolve_image
 
@@ -81,9 +82,6 @@ def manifest_source(path: str | os.PathLike) -> TripletSource:
     return TripletSource(str(path), lambda: read_manifest(path), load_image, total, relocate)
 
 
-DATASET_IMAGE_COLUMNS = ("source_image", "edited_image", "mask_image")
-
-
 def _file_stem(item_id: str) -> str:
     """A file-name-safe, collision-free stem for an item id."""
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", item_id)[:80]
@@ -117,7 +115,7 @@ def dataset_source(path: str | os.PathLike, config: str | None = None, split: st
     missing = [c for c in ("id", "instruction", "source_image", "edited_image") if c not in dataset.column_names]
     if missing:
         raise UsageError(f"{path} is not an edit-triplet dataset: it lacks {', '.join(missing)}")
-    image_columns = [c for c in DATASET_IMAGE_COLUMNS if c in dataset.column_names]
+    image_columns = [c for c in EDIT_IMAGE_COLUMNS if c in dataset.column_names]
     for column in image_columns:
         dataset = dataset.cast_column(column, ImageFeature(decode=False))
     ids = dataset["id"]

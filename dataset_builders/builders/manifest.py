@@ -18,16 +18,14 @@ from typing import Any, Mapping
 from datasets.builder import Key
 
 from editforge.errors import UsageError
+from editforge.vocabulary import MULTI_REWARD, PERSPECTIVES, VIESCORE_EDIT
 
 from ..errors import BAD_REWARD, ItemError
-from ..features import PERSPECTIVES
 from ..manifest import manifest_path, read_manifest, resolve_image
 from ..rewards import metrics, multi_reward, viescore
 from .base import EditforgeBuilder, EditforgeBuilderConfig
 
 REWARDS_FROM_CHOICES = ("rewards", "ground_truth")
-MULTI_REWARD = "multi-reward"
-VIESCORE_EDIT = "viescore-edit"
 
 
 @dataclass

@@ -12,7 +12,8 @@ An example's id is ``<source split>-<idx>``, the split taken from the shard name
 
 from __future__ import annotations
 
-from ..features import METRIC_NAMES
+from editforge.vocabulary import METRIC_NAMES
+
 from ..rewards import metrics
 from .parquet_source import ParquetBuilder, ParquetRow
 

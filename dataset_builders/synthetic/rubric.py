@@ -20,11 +20,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from editforge.vocabulary import NO_FAILURE, PERSPECTIVES
+
 from .edits import STYLES, Edit, target_slot
 from .world import SLOT_NAMES, Scene, Shape, shape_geometry, slot_box, with_articles
-
-PERSPECTIVES = ("instruction_following", "detail_preserving", "generation_quality")
-NO_FAILURE = "None"
 
 # A shape whose centre moved by more than this fraction of its slot's shorter side has moved.
 # Generated moves are at least ~0.15 per axis; measurement jitter stays far below 0.08.

@@ -7,11 +7,11 @@ import sys
 from pathlib import Path
 
 from editforge.errors import UsageError
+from editforge.vocabulary import MULTI_REWARD, RUBRIC_NAMES
 
 from .arguments import non_negative_float, positive_float, positive_int
 
 HELP = "Score edit triplets with a vision-language judge (multi-reward or viescore-edit) through any OpenAI-compatible API."
-RUBRIC_CHOICES = ("multi-reward", "viescore-edit")
 
 
 def add_arguments(parser) -> None:
@@ -21,7 +21,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--config", default=None, help="dataset config to annotate (dataset folders only)")
     parser.add_argument("--split", default="train", help="dataset split to annotate (dataset folders only; default train)")
     parser.add_argument("--out", required=True, metavar="OUT.jsonl", help="output JSONL: the input lines plus rewards, judge, usage")
-    parser.add_argument("--rubric", choices=RUBRIC_CHOICES, default="multi-reward",
+    parser.add_argument("--rubric", choices=RUBRIC_NAMES, default=MULTI_REWARD,
                         help="multi-reward: three 0..5 scores with feedback; viescore-edit: SC, PQ, O on 0..10 (default multi-reward)")
     parser.add_argument("--judge", choices=("oracle",), default=None,
                         help="oracle: the synthetic world's built-in judge behind a loopback OpenAI-compatible server (no key, no network)")

@@ -150,26 +150,36 @@ def tiny_instruct_pix2pix_pipeline(seed: int = 0):
     return pipe
 
 
-def tiny_sd3_components(seed: int = 0, in_channels: int = 4, latent_channels: int = 4) -> dict:
-    """Components of a ``StableDiffusion3Pipeline`` without the T5 encoder (SD3 allows it to be
-    absent and then uses zeros). ``in_channels`` can be widened for image-conditioned variants
-    (UltraEdit concatenates noisy, image and mask latents)."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+def tiny_sd3_transformer(in_channels: int = 4, out_channels: int = 4, num_layers: int = 1, seed: int = 0):
+    """A tiny ``SD3Transformer2DModel`` (patch size 1, 4 heads of 8, joint and pooled widths of the
+    tiny CLIP pair: 32 and 64). With ``num_layers`` >= 2 the blocks before the last also carry the
+    context output projection (``attn.to_add_out``); the last block is context-pre-only, as in SD3."""
+    from diffusers import SD3Transformer2DModel
 
-    tokenizer = build_clip_tokenizer(synthetic_world_words())
     torch.manual_seed(seed)
-    transformer = SD3Transformer2DModel(
+    return SD3Transformer2DModel(
         sample_size=32,
         patch_size=1,
         in_channels=in_channels,
-        num_layers=1,
+        num_layers=num_layers,
         attention_head_dim=8,
         num_attention_heads=4,
         caption_projection_dim=32,
         joint_attention_dim=32,
         pooled_projection_dim=64,
-        out_channels=latent_channels,
+        out_channels=out_channels,
     ).eval()
+
+
+def tiny_sd3_components(seed: int = 0, in_channels: int = 4, latent_channels: int = 4, num_layers: int = 1,
+                        words: Iterable[str] | None = None) -> dict:
+    """Components of a ``StableDiffusion3Pipeline`` without the T5 encoder (SD3 allows it to be
+    absent and then uses zeros). ``in_channels`` can be widened for image-conditioned variants
+    (UltraEdit concatenates noisy, image and mask latents)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    tokenizer = build_clip_tokenizer(synthetic_world_words() if words is None else words)
+    transformer = tiny_sd3_transformer(in_channels, latent_channels, num_layers=num_layers, seed=seed)
     return {
         "transformer": transformer,
         "scheduler": FlowMatchEulerDiscreteScheduler(),
@@ -183,6 +193,23 @@ def tiny_sd3_components(seed: int = 0, in_channels: int = 4, latent_channels: in
         "image_encoder": None,
         "feature_extractor": None,
     }
+
+
+def tiny_sd3_pipeline(seed: int = 0, latent_channels: int = 16, num_layers: int = 2, shift: float = 3.0,
+                      words: Iterable[str] | None = None):
+    """A full ``StableDiffusion3Pipeline`` of tiny random components, built offline: the two CLIP
+    encoders with their tokenizers, no T5 (``text_encoder_3=None``), a transformer of
+    ``num_layers`` joint blocks, a VAE with SD3's 16 latent channels (and its scaling and shift
+    factors) and a ``FlowMatchEulerDiscreteScheduler`` with SD3's ``shift=3.0``. Two steps at
+    32x32 run in well under a second on CPU."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
+
+    components = tiny_sd3_components(seed, in_channels=latent_channels, latent_channels=latent_channels,
+                                     num_layers=num_layers, words=words)
+    components["scheduler"] = FlowMatchEulerDiscreteScheduler(shift=shift)
+    pipe = StableDiffusion3Pipeline(**components)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def tiny_reward_pix2pix_pipeline(seed: int = 0, perturb: float = 0.0):

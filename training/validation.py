@@ -1,0 +1,59 @@
+"""Validation grids during training: each row an input image beside what the model made of it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+
+def write_validation_grid(trainer, step: int, rows: Sequence, render: Callable[[int, object], tuple]) -> Path:
+    """``render(i, row) -> (input PIL image, output PIL image)`` for every row; the tiles go into
+    ``<output_dir>/validation/step-<step>.png`` and to the trackers (images to TensorBoard / W&B,
+    the file's path to the JSONL log)."""
+    from PIL import Image
+
+    folder = trainer.output_dir / "validation"
+    folder.mkdir(parents=True, exist_ok=True)
+    tiles = []
+    for i, row in enumerate(rows):
+        source, output = render(i, row)
+        tiles.append(np.concatenate([np.asarray(source), np.asarray(output.resize(source.size))], axis=1))
+    grid = Image.fromarray(np.concatenate(tiles, axis=0))
+    path = folder / f"step-{step:06d}.png"
+    grid.save(path)
+    for tracker in trainer.accelerator.trackers:
+        if tracker.name in ("tensorboard", "wandb"):
+            tracker.log_images({"validation": [np.asarray(grid)]}, step=step)
+        else:
+            tracker.log({"validation_grid": str(path)}, step=step)
+    return path
+
+
+def validation_rows(config, dataset, load_split: Callable[[str], object]) -> list:
+    """The first ``num_validation_images`` rows of ``--validation_split`` (loaded with
+    ``load_split(name)``), or of the training data."""
+    if config.num_validation_images <= 0:
+        return []
+    if config.validation_split:
+        dataset = load_split(config.validation_split)
+    return [dataset[i] for i in range(min(config.num_validation_images, len(dataset)))]
+
+
+def edit_renderer(config, pipe, **call_kwargs) -> Callable[[int, object], tuple]:
+    """``render`` for an editing pipeline: each row's source image (fitted to the resolution) and
+    the pipeline's edit of it by the row's instruction, seeded by (seed + row number)."""
+    import torch
+
+    from .data import fit
+
+    def render(i, row):
+        (source,) = fit([row["source_image"].convert("RGB")], config.resolution, config.resolution)
+        edited = pipe(row["instruction"], image=source, num_inference_steps=config.validation_inference_steps,
+                      guidance_scale=config.validation_guidance_scale,
+                      image_guidance_scale=config.validation_image_guidance_scale,
+                      generator=torch.Generator().manual_seed(config.seed + i), **call_kwargs).images[0]
+        return source, edited
+
+    return render
