@@ -1,8 +1,9 @@
 """Distribution ``editforge``.
 
-The top-level folders ``pipelines/``, ``dataset_builders/``, ``training/`` and ``model_cards/``
-are installed as ``editforge.pipelines``, ``editforge.dataset_builders``, ``editforge.training``
-and ``editforge.model_cards``, beside the thin root package ``editforge/``.
+The top-level folders ``pipelines/``, ``dataset_builders/``, ``training/``, ``model_cards/`` and
+``evaluation/`` are installed as ``editforge.pipelines``, ``editforge.dataset_builders``,
+``editforge.training``, ``editforge.model_cards`` and ``editforge.evaluation``, beside the thin
+root package ``editforge/``.
 """
 
 from setuptools import find_packages, setup
@@ -13,6 +14,7 @@ MAPPED_FOLDERS = {
     "dataset_builders": "editforge.dataset_builders",
     "training": "editforge.training",
     "model_cards": "editforge.model_cards",
+    "evaluation": "editforge.evaluation",
 }
 
 
