@@ -23,7 +23,9 @@ Preference pairs (:data:`PAIR_FEATURES`)::
 
     id, prompt: string; image_0, image_1: Image (RGB); label_0: float32 (1 = image_0 preferred,
     0 = image_1 preferred, 0.5 = tie); theme, subtopic, contrast: string (null when absent);
-    provenance as above.
+    pair_id: string, the contrasting pair a row belongs to (InstructEngine's cross-validation:
+    two rows with the same images, one per prompt, each preferring the image made for its own
+    prompt; null when absent); provenance as above.
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ PAIR_FEATURES = Features(
         "theme": Value("string"),
         "subtopic": Value("string"),
         "contrast": Value("string"),
+        "pair_id": Value("string"),
         "provenance": PROVENANCE,
     }
 )

@@ -318,3 +318,11 @@ register_spec(PublishSpec(
     template="instruct_pix2pix",
     tags=("image-editing", "instruct-pix2pix"),
 ))
+
+register_spec(PublishSpec(
+    name="diffusion_dpo",
+    pipeline_class="StableDiffusionPipeline",
+    template="diffusion_dpo",
+    tags=("text-to-image", "diffusion-dpo"),
+    pipeline_tag="text-to-image",
+))

@@ -278,7 +278,7 @@ PICKAPIC_SCHEMA = pa.schema([
 
 
 def write_pickapic(root: Path, labels=(1.0, 0.0, 0.5), taxonomy: bool = False) -> dict:
-    """pickapic_v2's columns; with ``taxonomy`` also theme/subtopic/contrast (InstructEngine-style)."""
+    """pickapic_v2's columns; with ``taxonomy`` also theme/subtopic/contrast/pair_id (InstructEngine-style)."""
     rows, expected = [], {}
     for i, label in enumerate(labels):
         first, second = encode(pixels(100 + i), "JPEG", quality=90), encode(pixels(110 + i), "JPEG", quality=90)
@@ -297,11 +297,12 @@ def write_pickapic(root: Path, labels=(1.0, 0.0, 0.5), taxonomy: bool = False) -
             "prompt": f"a red fox {i}", "image_0": decoded(first), "image_1": decoded(second), "label_0": label,
             "theme": f"animals {i}" if taxonomy else None, "subtopic": "foxes" if taxonomy else None,
             "contrast": "counterfactual" if taxonomy else None,
+            "pair_id": f"pair-{i // 2}" if taxonomy else None,
             "provenance": {"dataset": "yuvalkirstain/pickapic_v2", "original_id": str(ranking_id)},
         }
     table = pa.Table.from_pylist(rows, schema=PICKAPIC_SCHEMA)
     if taxonomy:
-        for name in ("theme", "subtopic", "contrast"):
+        for name in ("theme", "subtopic", "contrast", "pair_id"):
             table = table.append_column(name, pa.array([expected[str(77000 + i)][name] for i in range(len(rows))]))
     path = root / "data/train-00000-of-00001.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)

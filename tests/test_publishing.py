@@ -184,8 +184,9 @@ def test_registered_specs_detection_and_validation():
     assert detect_spec("RewardConditionedPix2PixPipeline").name == "reward_pix2pix"
     assert detect_spec("StableDiffusionInstructPix2PixPipeline").name == "reward_pix2pix"  # its base class
     assert get_spec("instruct_pix2pix").pipeline_source is None and not get_spec("instruct_pix2pix").ships_code
-    with pytest.raises(UsageError, match="no publishing spec for a StableDiffusionPipeline pipeline; known specs: .*instruct_pix2pix"):
-        detect_spec("StableDiffusionPipeline")
+    assert detect_spec("StableDiffusionPipeline").name == "diffusion_dpo"
+    with pytest.raises(UsageError, match="no publishing spec for a FluxKontextPipeline pipeline; known specs: .*instruct_pix2pix"):
+        detect_spec("FluxKontextPipeline")
     with pytest.raises(UsageError, match="unknown publishing spec 'sd9'; known: .*reward_pix2pix"):
         get_spec("sd9")
 

@@ -16,7 +16,8 @@ The core, which any trainer plugs into:
 - ``autoencoder``: fitting a small VAE (the demo's).
 
 One script per method: ``train_reward_pix2pix`` (Multi-Reward as Condition, and its plain
-InstructPix2Pix baseline).
+InstructPix2Pix baseline) and ``train_diffusion_dpo`` (Diffusion-DPO with InstructEngine's
+cross-validation alignment).
 
 Importing this package imports nothing heavy; the scripts import torch and diffusers.
 """

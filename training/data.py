@@ -1,8 +1,9 @@
-"""Training data: canonical edit datasets, resolution and aspect-ratio handling, batching.
+"""Training data: canonical edit and preference-pair datasets, resolution and aspect-ratio handling.
 
 Datasets are loaded with ``load_dataset`` from a local folder or a Hub id and must carry
-editforge's canonical edit features (``source_image``, ``edited_image``, ``instruction``, and
-``rewards`` for reward-conditioned training; see ``editforge.dataset_builders.features``).
+editforge's canonical features (``editforge.dataset_builders.features``): edit triplets
+(``source_image``, ``edited_image``, ``instruction``, and ``rewards`` for reward-conditioned
+training) or preference pairs (``prompt``, ``image_0``, ``image_1``, ``label_0``, ``pair_id``).
 
 Resolution: by default every example is resized so its shorter side is ``resolution`` and cropped
 to a square (centre or a seeded random crop, the same window for source and edited). With
@@ -90,7 +91,8 @@ def nearest_bucket(width: int, height: int, shapes: Sequence[tuple[int, int]]) -
     return min(shapes, key=lambda s: abs(math.log(s[0] / s[1]) - ratio))
 
 
-def _to_tensor(image: Image.Image) -> torch.Tensor:
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """An RGB image as a [3, H, W] float tensor in [-1, 1]."""
     array = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
@@ -135,7 +137,7 @@ class EditExamples(torch.utils.data.Dataset):
             rng = random.Random(f"{self.seed}:{row.get('id', index)}")
             offset = (rng.random(), rng.random())
         source, edited = fit([row["source_image"], row["edited_image"]], width, height, offset)
-        example = {"index": index, "source": _to_tensor(source), "edited": _to_tensor(edited), "instruction": row["instruction"]}
+        example = {"index": index, "source": to_tensor(source), "edited": to_tensor(edited), "instruction": row["instruction"]}
         rewards = row.get("rewards")
         if rewards_complete(rewards):
             example["scores"] = torch.tensor(reward_scores(rewards))
@@ -153,3 +155,97 @@ def example_shapes(dataset, resolution: int, aspect_ratio_buckets: bool) -> list
     else:
         sizes = (row["source_image"].size for row in dataset)
     return [nearest_bucket(w, h, shapes) for w, h in sizes]
+
+
+PAIR_COLUMNS = ("prompt", "image_0", "image_1", "label_0")
+TIE = 0.5
+
+
+def load_pair_dataset(name_or_path: str, config_name: str | None = None, split: str = "train",
+                      cache_dir: str | None = None, max_samples: int | None = None, keep_ties: bool = False):
+    """A preference-pair ``datasets.Dataset`` in the canonical pair features (``editforge
+    build-dataset --format pickapic``, InstructEngine-style pairs), checked for the columns. Ties
+    (``label_0`` 0.5) are left out (and counted in ``dataset.info.description``) unless ``keep_ties``."""
+    from datasets import load_dataset
+
+    try:
+        dataset = load_dataset(name_or_path, config_name, split=split, cache_dir=cache_dir)
+    except (FileNotFoundError, ValueError) as err:
+        raise UsageError(f"cannot load dataset {name_or_path!r} (config {config_name!r}, split {split!r}): {err}") from None
+    missing = [c for c in PAIR_COLUMNS if c not in dataset.column_names]
+    if missing:
+        raise UsageError(f"dataset {name_or_path!r} lacks column(s) {', '.join(missing)}; build it with "
+                         "`editforge build-dataset --format pickapic` to get editforge's pair features")
+    if max_samples is not None:
+        dataset = dataset.select(range(min(max_samples, len(dataset))))
+    if not keep_ties:
+        keep = [i for i, label in enumerate(dataset["label_0"]) if label != TIE]
+        dropped = len(dataset) - len(keep)
+        if dropped:
+            dataset = dataset.select(keep)
+        dataset.info.description = f"{dropped} tied pairs left out" if dropped else ""
+    if len(dataset) == 0:
+        raise UsageError(f"dataset {name_or_path!r} split {split!r} has no pairs to train on")
+    return dataset
+
+
+def contrasting_pairs(dataset, cross_validation: bool) -> list[list[int]]:
+    """Row indices of each training pair. Rows that share a ``pair_id`` form one contrasting pair
+    (InstructEngine): with ``cross_validation`` both rows are used (each image wins under its own
+    prompt), otherwise only the first. A row without ``pair_id`` is a pair of its own; cross-
+    validation needs every row in a pair of two with opposite labels and different prompts."""
+    groups: dict[str, list[int]] = {}
+    order = []
+    pair_ids = dataset["pair_id"] if "pair_id" in dataset.column_names else [None] * len(dataset)
+    for index, pair_id in enumerate(pair_ids):
+        key = f"row:{index}" if pair_id is None else pair_id
+        if key not in groups:
+            groups[key] = []
+            order.append(key)
+        groups[key].append(index)
+    if not cross_validation:
+        return [[groups[key][0]] for key in order]
+    labels, prompts = dataset["label_0"], dataset["prompt"]
+    for key in order:
+        rows = groups[key]
+        name = f"row {rows[0]}" if key.startswith("row:") else f"pair {key!r}"
+        if len(rows) != 2:
+            raise UsageError(f"{name}: cross-validation needs two rows per contrasting pair (pair_id), got {len(rows)};"
+                             " pairs without a pair_id (Pick-a-Pic) train with --alignment single_pair")
+        if sorted(labels[i] for i in rows) != [0.0, 1.0] or prompts[rows[0]] == prompts[rows[1]]:
+            raise UsageError(f"{name}: the two rows must have different prompts and opposite labels (1 and 0)")
+    return [groups[key] for key in order]
+
+
+@dataclass
+class PairExamples(torch.utils.data.Dataset):
+    """Training pairs as examples: both images ``[2, 3, H, W]`` in [-1, 1] (cropped alike) and one
+    comparison per row of the pair: its prompt, which image wins (0 or 1) and whether it is a tie."""
+
+    dataset: object
+    pairs: list[list[int]]
+    resolution: int
+    center_crop: bool = True
+    seed: int = 0
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> dict:
+        rows = [self.dataset[i] for i in self.pairs[index]]
+        first = rows[0]
+        if first["image_0"].size != first["image_1"].size:
+            raise UsageError(f"pair {first.get('id', index)!r}: image_0 and image_1 differ in size")
+        for row in rows[1:]:
+            if any(row[k].tobytes() != first[k].tobytes() for k in ("image_0", "image_1")):
+                raise UsageError(f"pair {row.get('pair_id')!r}: its rows must hold the same two images")
+        rng = random.Random(f"{self.seed}:{first.get('id', index)}")
+        offset = (0.5, 0.5) if self.center_crop else (rng.random(), rng.random())
+        images = fit([first["image_0"].convert("RGB"), first["image_1"].convert("RGB")], self.resolution, self.resolution, offset)
+        return {
+            "index": index,
+            "images": torch.stack([to_tensor(image) for image in images]),
+            "prompts": [row["prompt"] for row in rows],
+            "winners": [0 if row["label_0"] >= TIE else 1 for row in rows],
+            "ties": [row["label_0"] == TIE for row in rows],
+        }

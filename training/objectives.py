@@ -279,3 +279,32 @@ def ip2p_conditioning_dropout(batch: int, probability: float, generator: torch.G
     text_drop = draw < 2 * probability
     image_keep = 1.0 - ((draw >= probability) & (draw < 3 * probability)).float()
     return text_drop, image_keep
+
+
+# --------------------------------------------------------------------------------------------
+# Diffusion-DPO (Wallace et al., 2023)
+
+
+def dpo_logits(model_w: torch.Tensor, model_l: torch.Tensor, ref_w: torch.Tensor, ref_l: torch.Tensor,
+               beta: float) -> torch.Tensor:
+    """The implicit reward margin of the winner over the loser, per comparison:
+    ``-(beta / 2) * ((model_w - ref_w) - (model_l - ref_l))``, from the per-example denoising errors
+    (:func:`weighted_mse`) of the trained model and the reference on the preferred (w) and the
+    other (l) image at the same noise and timestep.
+
+    ``beta`` has the paper's meaning (``beta * T * omega(lambda_t)`` folded into one constant) and
+    diffusers' SDXL script's: ``-0.5 * beta_dpo * (model_diff - ref_diff)``, default 5000. diffusers'
+    SD1.5 script writes ``beta_dpo * ((ref_w - ref_l) - (model_w - model_l))`` with default 2500:
+    the same strength, so its 2500 is 5000 here."""
+    return -0.5 * beta * ((model_w.float() - ref_w.float()) - (model_l.float() - ref_l.float()))
+
+
+def diffusion_dpo_loss(logits: torch.Tensor, ties: torch.Tensor | None = None) -> torch.Tensor:
+    """``mean(-log sigmoid(logits))``. A tie (``ties`` [B] bool: neither image preferred) counts
+    both ways, ``-(log sigmoid(x) + log sigmoid(-x)) / 2``, so it pulls the two errors together and
+    is never a win for either image."""
+    per = -torch.nn.functional.logsigmoid(logits)
+    if ties is not None:
+        symmetric = -0.5 * (torch.nn.functional.logsigmoid(logits) + torch.nn.functional.logsigmoid(-logits))
+        per = torch.where(ties, symmetric, per)
+    return per.mean()

@@ -104,6 +104,7 @@ def run_summary(trainer, result) -> dict:
     return {
         "global_step": result.global_step,
         "losses": result.losses,
+        "logs": result.logs,
         "samples_per_second": result.samples_per_second,
         "seconds": result.seconds,
         "resumed_from": result.resumed_from,
@@ -114,7 +115,7 @@ def run_summary(trainer, result) -> dict:
 
 def write_run_summary(output_dir: Path, summary: dict) -> None:
     (Path(output_dir) / "train_summary.json").write_text(
-        json.dumps({k: v for k, v in summary.items() if k not in ("losses", "pipeline")}, indent=2) + "\n")
+        json.dumps({k: v for k, v in summary.items() if k not in ("losses", "logs", "pipeline")}, indent=2) + "\n")
 
 
 def push_output(config, output_dir: Path) -> None:

@@ -220,6 +220,7 @@ class EditforgeBuilder(datasets.GeneratorBasedBuilder):
         theme: Any = None,
         subtopic: Any = None,
         contrast: Any = None,
+        pair_id: Any = None,
     ) -> dict:
         """A row in :data:`PAIR_FEATURES`; ``label_0`` must be 1, 0 or 0.5."""
         prompt = _required_text(prompt, item_id=item_id, field="prompt")
@@ -236,5 +237,6 @@ class EditforgeBuilder(datasets.GeneratorBasedBuilder):
             "theme": _optional_text(theme, item_id=item_id, field="theme"),
             "subtopic": _optional_text(subtopic, item_id=item_id, field="subtopic"),
             "contrast": _optional_text(contrast, item_id=item_id, field="contrast"),
+            "pair_id": _optional_text(pair_id, item_id=item_id, field="pair_id"),
             "provenance": {"dataset": self.provenance_dataset, "original_id": item_id},
         }

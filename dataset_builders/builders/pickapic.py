@@ -3,7 +3,8 @@
 Columns used: ``caption`` (the prompt), ``jpg_0`` and ``jpg_1`` (image bytes), ``label_0``
 (1 = image 0 preferred, 0 = image 1, 0.5 = tie) and, when present, ``ranking_id`` (the id;
 otherwise shard and row) and the taxonomy columns ``theme``, ``subtopic``, ``contrast`` (written
-by prompt-taxonomy pipelines such as InstructEngine's; null when absent).
+by prompt-taxonomy pipelines such as InstructEngine's) and ``pair_id`` (the contrasting pair a
+row belongs to, for cross-validation DPO); null when absent.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from ..build_stats import PAIR
 from .parquet_source import ParquetBuilder, ParquetRow
 
-TAXONOMY_COLUMNS = ("theme", "subtopic", "contrast")
+TAXONOMY_COLUMNS = ("theme", "subtopic", "contrast", "pair_id")
 
 
 class PickAPic(ParquetBuilder):

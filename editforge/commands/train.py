@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "Train a model: `editforge train reward-pix2pix --help` lists the flags (same as the script's)."
+HELP = "Train a model: `editforge train METHOD --help` (reward-pix2pix, dpo) lists the flags (same as the script's)."
 
 # method -> the training script's module (each has main(argv))
-METHODS = {"reward-pix2pix": "editforge.training.train_reward_pix2pix"}
+METHODS = {"reward-pix2pix": "editforge.training.train_reward_pix2pix", "dpo": "editforge.training.train_diffusion_dpo"}
 
 
 def add_arguments(parser) -> None:

@@ -1,0 +1,160 @@
+"""train_diffusion_dpo.py on tiny models: the loss as the papers and diffusers' scripts define it,
+cross-validation pairs, ties, logged reward accuracy and margin, exact resume, LoRA output."""
+
+import io
+import math
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from editforge.errors import UsageError
+from editforge.training.objectives import diffusion_dpo_loss, dpo_logits
+
+COLOURS = [(200, 30, 30), (30, 30, 200), (30, 160, 30), (220, 200, 40), (120, 120, 120), (160, 40, 160)]
+
+
+def png(colour, size=32):
+    image = Image.new("RGB", (size, size), (235, 235, 235))
+    image.paste(colour, (8, 8, 24, 24))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A tiny text-to-image base and InstructEngine-style pairs: 4 contrasting pairs (two rows each,
+    the same two images, each preferred under its own prompt) and one tied Pick-a-Pic row."""
+    from diffusers import StableDiffusionPipeline
+
+    from editforge.dataset_builders import build_dataset
+    from editforge.testing.tiny_models import tiny_instruct_pix2pix_components, tiny_unet
+
+    root = tmp_path_factory.mktemp("dpo")
+    components = tiny_instruct_pix2pix_components(seed=0)
+    components["unet"] = tiny_unet(in_channels=4, seed=0)
+    StableDiffusionPipeline(**components, requires_safety_checker=False).save_pretrained(root / "base")
+    rows = []
+    for i in range(4):
+        a, b = COLOURS[i], COLOURS[i + 1]
+        for prompt, label in ((f"a red square {i}", 1.0), (f"a blue square {i}", 0.0)):
+            rows.append({"caption": prompt, "jpg_0": png(a), "jpg_1": png(b), "label_0": label,
+                         "ranking_id": len(rows), "pair_id": f"pair-{i}"})
+    rows.append({"caption": "a grey square", "jpg_0": png(COLOURS[4]), "jpg_1": png(COLOURS[5]), "label_0": 0.5,
+                 "ranking_id": len(rows), "pair_id": None})
+    (root / "src").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows), root / "src" / "train.parquet")
+    build_dataset("pickapic", root / "src", root / "pairs", progress=False)
+    return root
+
+
+def args(workspace, out, *extra, steps=3):
+    return ["--pretrained_model_name_or_path", str(workspace / "base"), "--dataset_name", str(workspace / "pairs"),
+            "--output_dir", str(out), "--resolution", "32", "--train_batch_size", "2", "--max_train_steps", str(steps),
+            "--learning_rate", "5e-2", "--checkpointing_steps", "2", "--num_validation_images", "0",
+            "--logging_steps", "1", "--no-progress", *extra]
+
+
+def test_the_loss_is_the_papers_and_both_diffusers_scripts_at_their_own_betas():
+    g = torch.Generator().manual_seed(0)
+    model_w, model_l, ref_w, ref_l = (torch.rand(8, generator=g) for _ in range(4))
+    ours = diffusion_dpo_loss(dpo_logits(model_w, model_l, ref_w, ref_l, beta=5000.0))
+    # diffusers research_projects/diffusion_dpo: train_diffusion_dpo.py (SD, beta 2500) and _sdxl.py (beta 5000)
+    sd = -torch.nn.functional.logsigmoid(2500.0 * ((ref_w - ref_l) - (model_w - model_l))).mean()
+    sdxl = -torch.nn.functional.logsigmoid(-0.5 * 5000.0 * ((model_w - model_l) - (ref_w - ref_l))).mean()
+    assert torch.allclose(ours, sd, rtol=1e-6) and torch.allclose(ours, sdxl, rtol=1e-6)
+
+
+def test_a_tie_is_never_a_win_for_image_0():
+    logits = torch.tensor([3.0, -3.0])
+    ties = torch.tensor([True, True])
+    assert diffusion_dpo_loss(logits[:1], ties[:1]) == diffusion_dpo_loss(logits[1:], ties[1:])  # symmetric
+    assert diffusion_dpo_loss(logits[:1]) < diffusion_dpo_loss(logits[1:])  # a counted "win" would not be
+
+
+def test_cross_validation_pairs_and_ties(workspace):
+    from editforge.training.data import contrasting_pairs, load_pair_dataset
+
+    dataset = load_pair_dataset(str(workspace / "pairs"))
+    assert len(dataset) == 8 and dataset.info.description == "1 tied pairs left out"
+    assert contrasting_pairs(dataset, cross_validation=True) == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert contrasting_pairs(dataset, cross_validation=False) == [[0], [2], [4], [6]]
+    with_ties = load_pair_dataset(str(workspace / "pairs"), keep_ties=True)
+    with pytest.raises(UsageError, match="row 8: cross-validation needs two rows per contrasting pair"):
+        contrasting_pairs(with_ties, cross_validation=True)
+
+
+@pytest.mark.parametrize("alignment", ["cross_validation", "single_pair"])
+@pytest.mark.parametrize("full", [False, True])
+def test_training_starts_at_log_2_and_logs_reward_accuracy_and_margin(workspace, tmp_path, alignment, full):
+    from editforge.training.core import read_metrics
+    from editforge.training.train_diffusion_dpo import main
+
+    summary = main(args(workspace, tmp_path / "run", "--alignment", alignment, *(["--full"] if full else []), steps=3))
+    # step 1: the model is its reference (LoRA starts at zero; --full keeps a frozen copy), so every
+    # margin is 0 and the loss is log 2; then the model moves away from the reference
+    assert summary["losses"][1] == pytest.approx(math.log(2), abs=1e-6)
+    assert summary["logs"][1]["reward_margin"] == pytest.approx(0.0, abs=1e-4)
+    assert summary["losses"][3] != pytest.approx(math.log(2), abs=1e-4)
+    assert all(0.0 <= summary["logs"][s]["reward_accuracy"] <= 1.0 for s in (1, 2, 3))
+    assert {"loss", "reward_accuracy", "reward_margin", "lr"} <= set(read_metrics(tmp_path / "run")[3])
+
+
+def test_a_dpo_step_moves_the_margin_towards_the_preferred_image():
+    from editforge.testing.tiny_models import tiny_unet
+    from editforge.training.lora import add_lora
+    from editforge.training.objectives import weighted_mse
+    from editforge.training.train_diffusion_dpo import DPOModel
+
+    unet = tiny_unet(in_channels=4)
+    add_lora(unet, rank=4)
+    model = DPOModel(unet)
+    g = torch.Generator().manual_seed(0)
+    noisy, target = torch.randn(8, 4, 8, 8, generator=g), torch.randn(8, 4, 8, 8, generator=g)
+    t, hidden = torch.full((8,), 500), torch.randn(8, 16, 32, generator=g)
+    optimiser = torch.optim.SGD([p for p in unet.parameters() if p.requires_grad], lr=1e-2)
+
+    def margins():
+        w, l = weighted_mse(model(noisy, t, hidden), target).chunk(2)
+        ref_w, ref_l = weighted_mse(model.reference_prediction(noisy, t, hidden), target).chunk(2)
+        return dpo_logits(w, l, ref_w, ref_l, beta=5000.0)
+
+    with torch.no_grad():
+        torch.nn.init.normal_(next(p for n, p in unet.named_parameters() if "lora_B" in n), std=1e-3)
+    before = margins()
+    diffusion_dpo_loss(before).backward()
+    optimiser.step()
+    assert margins().mean() > before.detach().mean()  # the winners' error fell relative to the losers'
+
+
+def test_resume_gives_the_same_losses_and_the_lora_loads_with_load_lora_weights(workspace, tmp_path):
+    from diffusers import DiffusionPipeline
+
+    from editforge.training.lora import LORA_WEIGHT_NAME
+    from editforge.training.train_diffusion_dpo import main
+
+    straight = main(args(workspace, tmp_path / "a", steps=4), keep_pipeline=True)
+    main(args(workspace, tmp_path / "b", steps=2))
+    resumed = main(args(workspace, tmp_path / "b", "--resume_from_checkpoint", "latest", steps=4))
+    assert resumed["losses"] == {s: straight["losses"][s] for s in (3, 4)}
+
+    loaded = DiffusionPipeline.from_pretrained(tmp_path / "a")
+    assert type(loaded).__name__ == "StableDiffusionPipeline"
+    loaded.load_lora_weights(tmp_path / "a", weight_name=LORA_WEIGHT_NAME)
+    call = dict(prompt="a red square 0", height=32, width=32, num_inference_steps=2, output_type="np")
+    expected = straight["pipeline"](**call, generator=torch.Generator().manual_seed(0)).images
+    assert abs(loaded(**call, generator=torch.Generator().manual_seed(0)).images - expected).max() == 0.0
+    card = (tmp_path / "a" / "README.md").read_text()
+    assert "cross_validation" in card and "beta_dpo" in card and "diffusion-dpo" in card
+
+
+def test_bad_settings_are_refused_clearly(workspace, tmp_path):
+    from editforge.training.train_diffusion_dpo import main
+
+    with pytest.raises(UsageError, match="--alignment must be one of cross_validation, single_pair"):
+        main(args(workspace, tmp_path / "x", "--alignment", "both"))
+    with pytest.raises(UsageError, match="--beta_dpo must be positive"):
+        main(args(workspace, tmp_path / "x", "--beta_dpo", "0"))
