@@ -152,6 +152,22 @@ def _batch_size(batch) -> int:
     raise TypeError("cannot tell the batch size: the collated batch holds no tensor or list")
 
 
+def run_as_script(main: Callable[[list[str]], object], prog: str) -> None:
+    """A training script's ``__main__``: known-harmless library noise hidden (``--verbose`` /
+    ``EDITFORGE_VERBOSE=1`` shows it), ``main(sys.argv[1:])``, and a bad setting as one line on
+    stderr with exit status 2."""
+    import sys
+
+    from editforge.quiet import quiet_libraries
+
+    quiet_libraries()
+    try:
+        main(sys.argv[1:])
+    except UsageError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def step_generator(seed: int, step: int, process_index: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step * 7919 + process_index)
 

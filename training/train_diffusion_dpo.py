@@ -29,16 +29,14 @@ The output folder is a ``StableDiffusionPipeline`` with the LoRA file beside it
 from __future__ import annotations
 
 import copy
-import sys
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from editforge.errors import UsageError
-from editforge.quiet import quiet_libraries
 from editforge.training.config import DenoisingObjectiveConfig, TrainingConfig, help_field, parse_config
-from editforge.training.core import Trainer
+from editforge.training.core import Trainer, run_as_script
 
 ALIGNMENTS = ("cross_validation", "single_pair")
 TIES = ("skip", "symmetric")
@@ -209,9 +207,4 @@ def main(argv: list[str] | DiffusionDPOConfig | None = None, keep_pipeline: bool
 
 
 if __name__ == "__main__":
-    quiet_libraries()
-    try:
-        main(sys.argv[1:])
-    except UsageError as err:
-        print(f"train_diffusion_dpo.py: error: {err}", file=sys.stderr)
-        raise SystemExit(2)
+    run_as_script(main, "train_diffusion_dpo.py")

@@ -23,16 +23,14 @@ folder loads with ``DiffusionPipeline.from_pretrained(out, trust_remote_code=Tru
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from editforge.errors import UsageError
-from editforge.quiet import quiet_libraries
 from editforge.training.config import DenoisingObjectiveConfig, EditingConfig, TrainingConfig, help_field, parse_config
-from editforge.training.core import Trainer
+from editforge.training.core import Trainer, run_as_script
 
 
 @dataclass
@@ -229,9 +227,4 @@ def main(argv: list[str] | RewardPix2PixConfig | None = None, keep_pipeline: boo
 
 
 if __name__ == "__main__":
-    quiet_libraries()
-    try:
-        main(sys.argv[1:])
-    except UsageError as err:
-        print(f"train_reward_pix2pix.py: error: {err}", file=sys.stderr)
-        raise SystemExit(2)
+    run_as_script(main, "train_reward_pix2pix.py")
