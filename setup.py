@@ -48,7 +48,7 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS = {
-    "test": ["pytest>=9.0", "pytest-timeout>=2.4.0"],
+    "test": ["pytest>=9.0", "pytest-timeout>=2.4.0", "scikit-image>=0.26.0"],
 }
 
 setup(
@@ -63,7 +63,8 @@ setup(
     python_requires=">=3.10",
     packages=PACKAGES,
     package_dir=PACKAGE_DIR,
-    package_data={"editforge.model_cards": ["templates/*.md"]},
+    package_data={"editforge.model_cards": ["templates/*.md"],
+                  "editforge.dataset_builders": ["prompts/taxonomies/*.json"]},
     include_package_data=True,
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,

@@ -31,3 +31,7 @@ PAIR_IMAGE_COLUMNS = ("image_0", "image_1")
 MULTI_REWARD = "multi-reward"
 VIESCORE_EDIT = "viescore-edit"
 RUBRIC_NAMES = (MULTI_REWARD, VIESCORE_EDIT)
+
+# InstructEngine (arXiv 2504.10329): the axes along which a prompt's contrasting variant differs
+# (the `contrast` column of preference pairs).
+CONTRAST_AXES = ("content", "counterfactual", "aesthetics")

@@ -47,11 +47,13 @@ def test_plain_install_gives_working_imports(tmp_path):
         "import editforge, editforge.cli, editforge.dataset_builders.synthetic as s, editforge.testing.fake_hub; "
         + "; ".join(f"import {m}" for m in MAPPED)
         + "; print(editforge.__file__); print(s.generate_triplet(0, 0).instruction)"
+        + "; from editforge.dataset_builders.prompts import load_taxonomy; print(load_taxonomy('instructengine').shape)"
     )
     env = {**os.environ, "PYTHONPATH": str(target)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[0].startswith(str(target))
+    assert out.stdout.splitlines()[2] == "(20, 20)"  # package data: the built-in taxonomy
 
 
 def _quick_start_commands() -> list[str]:
