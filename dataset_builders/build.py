@@ -80,7 +80,7 @@ class BuildReport:
         )
 
 
-def _check_names(config: str, split: str) -> None:
+def check_names(config: str, split: str) -> None:
     if not CONFIG_NAME.match(config):
         raise UsageError(f"config name {config!r}: use letters, digits, '_', '-' or '.', starting with a letter or digit")
     if config == DEFAULT_CONFIG_DIR:
@@ -124,7 +124,7 @@ def build_dataset(
     from tqdm.auto import tqdm
 
     cls = builder_class(format)
-    _check_names(config, split)
+    check_names(config, split)
     if on_error not in ("fail", "skip"):
         raise UsageError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
     try:

@@ -30,8 +30,11 @@ COMMANDS = [
     ("synth", "editforge.commands.synth"),
     ("annotate", "editforge.commands.annotate"),
     ("build-dataset", "editforge.commands.build_dataset"),
+    ("metrics", "editforge.commands.metrics"),
+    ("filter", "editforge.commands.filter"),
     ("publish-pipeline", "editforge.commands.publish_pipeline"),
     ("train", "editforge.commands.train"),
+    ("eval", "editforge.commands.eval"),
 ]
 
 

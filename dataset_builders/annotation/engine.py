@@ -363,6 +363,20 @@ class Annotator:
         return report
 
 
+def resolve_endpoint(base_url: str | None) -> tuple[str | None, str]:
+    """(base_url, api_key) of a remote judge: the given URL or ``OPENAI_BASE_URL``, the key from
+    ``OPENAI_API_KEY`` only; a local endpoint without a key gets the placeholder ``EMPTY``.
+    UsageError when there is neither a key nor a URL."""
+    base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
+    api_key = os.environ.get("OPENAI_API_KEY") or None
+    if api_key is None:
+        if base_url is None:
+            raise UsageError("OPENAI_API_KEY is not set (or use --base-url for a local endpoint, "
+                             "or --judge oracle for the built-in judge)")
+        api_key = "EMPTY"  # local OpenAI-compatible servers (vLLM, Ollama) take any key
+    return base_url, api_key
+
+
 def annotate_source(source: TripletSource, out: str | os.PathLike, *, rubric: str = MULTI_REWARD_NAME,
                     judge: str | None = None, base_url: str | None = None, model: str | None = None,
                     concurrency: int = 16, cache: str | os.PathLike | None = None,
@@ -401,14 +415,7 @@ def annotate_source(source: TripletSource, out: str | os.PathLike, *, rubric: st
         with serve_oracle() as oracle_url:
             report = asyncio.run(run(oracle_url, "loopback-oracle", model or ORACLE_MODEL))
     else:
-        base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
-        api_key = os.environ.get("OPENAI_API_KEY") or None
-        if api_key is None:
-            if base_url is None:
-                raise UsageError("OPENAI_API_KEY is not set (or use --base-url for a local endpoint, "
-                                 "or --judge oracle for the built-in judge)")
-            api_key = "EMPTY"  # local OpenAI-compatible servers (vLLM, Ollama) take any key
-        report = asyncio.run(run(base_url, api_key, model or DEFAULT_MODEL))
+        report = asyncio.run(run(*resolve_endpoint(base_url), model or DEFAULT_MODEL))
     if report.failed and not allow_missing:
         raise MissingRewards(report)
     return report

@@ -82,7 +82,7 @@ def manifest_source(path: str | os.PathLike) -> TripletSource:
     return TripletSource(str(path), lambda: read_manifest(path), load_image, total, relocate)
 
 
-def _file_stem(item_id: str) -> str:
+def file_stem(item_id: str) -> str:
     """A file-name-safe, collision-free stem for an item id."""
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", item_id)[:80]
     return safe if safe == item_id else f"{safe}-{hashlib.sha1(item_id.encode()).hexdigest()[:8]}"
@@ -144,7 +144,7 @@ def dataset_source(path: str | os.PathLike, config: str | None = None, split: st
             if record.get(field) is None:
                 continue
             data = image_bytes(record, field)
-            relative = Path(folder_name) / f"{_file_stem(record['id'])}_{field}{_extension(data)}"
+            relative = Path(folder_name) / f"{file_stem(record['id'])}_{field}{_extension(data)}"
             target = Path(out_dir) / relative
             if not target.is_file():
                 target.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,61 @@
+"""editforge eval: evaluate editing models on a suite, judged by an LVLM (or the built-in oracle)."""
+
+from __future__ import annotations
+
+from editforge.vocabulary import RUBRIC_NAMES
+
+from .arguments import positive_int
+
+HELP = "Evaluate editing pipelines side by side on a suite (synthetic, gedit-bench, magicbrush, a dataset folder)."
+
+SUITE_HELP = ("synthetic[:n=24,seed=1000,sizes=32x32+48x32+32x48] (the synthetic world, oracle judge); "
+              "gedit-bench[:PATH or Hub id][,language=en|cn] (stepfun-ai/GEdit-Bench layout, viescore-edit); "
+              "magicbrush:PATH; or a manifest / canonical dataset folder")
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("models", nargs="+", metavar="MODEL",
+                        help="pipeline folder or Hub id, optionally NAME=LOCATION (the same location may appear "
+                             "under two names with different --model-args)")
+    parser.add_argument("--suite", required=True, help=SUITE_HELP)
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="output folder: results.json, items.jsonl, report.md, grid.png, images/ "
+                             "(the same command again resumes there)")
+    parser.add_argument("--judge", choices=("oracle",), default=None,
+                        help="oracle: the synthetic world's built-in judge on a loopback server "
+                             "(default for the synthetic suite)")
+    parser.add_argument("--base-url", default=None, metavar="URL",
+                        help="OpenAI-compatible judge endpoint (default OPENAI_BASE_URL; key from OPENAI_API_KEY)")
+    parser.add_argument("--model", default=None, metavar="M", help="judge model (default gpt-4o)")
+    parser.add_argument("--rubric", choices=RUBRIC_NAMES, default=None,
+                        help="judge rubric (default: the suite's; multi-reward for synthetic, viescore-edit for gedit-bench)")
+    parser.add_argument("--seeds", default="0", help="sampling seeds, comma-separated (default 0)")
+    parser.add_argument("--model-args", action="append", default=[], metavar="[NAME:]KEY=VALUE,...",
+                        help="call arguments of one model (NAME:) or of all, e.g. reward:rewards=5,5,5 or "
+                             "steps=20,guidance_scale=3,image_guidance_scale=1.5; repeatable")
+    parser.add_argument("--batch-size", type=positive_int, default=8, metavar="N", help="edits per pipeline call (default 8)")
+    parser.add_argument("--concurrency", type=positive_int, default=8, metavar="N", help="judge requests in flight (default 8)")
+    parser.add_argument("--cache", default=None, metavar="PATH", help="judge answer cache (default DIR/cache/answers.sqlite)")
+    parser.add_argument("--on-error", choices=("fail", "skip"), default="fail",
+                        help="an item whose source image is unreadable: stop (fail, default) or leave it out and count it (skip)")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="run the code a Hub model ships (local folders that ship code are trusted as given)")
+    parser.add_argument("--device", default=None, help="torch device of the pipelines (default: where they load)")
+    parser.add_argument("--grid-rows", type=positive_int, default=8, metavar="N", help="items shown in grid.png (default 8)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+
+def run(args) -> int:
+    from editforge.evaluation import evaluate
+    from editforge.evaluation.report import render_report
+
+    results = evaluate(
+        args.models, args.suite, args.out, rubric=args.rubric, judge=args.judge, base_url=args.base_url,
+        judge_model=args.model, seeds=args.seeds, model_args=args.model_args, batch_size=args.batch_size,
+        concurrency=args.concurrency, on_error=args.on_error, cache=args.cache, progress=not args.no_progress,
+        grid_rows=args.grid_rows, device=args.device, trust_remote_code=args.trust_remote_code or None,
+    )
+    report = render_report(results)
+    print(report.split("\n### ", 1)[0].rstrip())
+    print(f"\nwrote {results.out}/results.json, items.jsonl, report.md, grid.png")
+    return 0
