@@ -326,3 +326,28 @@ register_spec(PublishSpec(
     tags=("text-to-image", "diffusion-dpo"),
     pipeline_tag="text-to-image",
 ))
+
+
+def sd3_pix2pix_summary(folder: Path) -> dict:
+    """Card fields of the sd3_instruct_pix2pix template: the transformer's inputs and the latent convention."""
+    transformer = json.loads((folder / "transformer" / "config.json").read_text(encoding="utf-8"))
+    vae = json.loads((folder / "vae" / "config.json").read_text(encoding="utf-8"))
+    index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    latent = vae.get("latent_channels", 16)
+    return {
+        "in_channels": transformer["in_channels"],
+        "latent_channels": latent,
+        "takes_mask": transformer["in_channels"] == 3 * latent,
+        "image_latents_normalization": index.get("image_latents_normalization", "unscaled"),
+        "has_t5": bool(index.get("text_encoder_3") and index["text_encoder_3"][0]),
+    }
+
+
+register_spec(PublishSpec(
+    name="sd3_instruct_pix2pix",
+    pipeline_class="StableDiffusion3InstructPix2PixPipeline",
+    pipeline_source="pipeline_sd3_instruct_pix2pix.py",
+    template="sd3_instruct_pix2pix",
+    tags=("image-editing", "instruct-pix2pix", "sd3", "ultraedit"),
+    card_fields_from_folder=sd3_pix2pix_summary,
+))

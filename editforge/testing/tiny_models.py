@@ -253,3 +253,38 @@ def save_tiny_unet_lora(unet, folder, weight_name: str = "pytorch_lora_weights.s
         folder, unet_lora_layers=get_peft_model_state_dict(unet), weight_name=weight_name
     )
     return Path(folder) / weight_name
+
+
+def tiny_sd3_instruct_pix2pix_components(seed: int = 0, with_mask: bool = False, latent_channels: int = 16,
+                                         num_layers: int = 2, shift: float = 3.0, perturb: float = 0.0,
+                                         words: Iterable[str] | None = None) -> dict:
+    """Components of a ``StableDiffusion3InstructPix2PixPipeline``: those of :func:`tiny_sd3_pipeline`
+    (no T5) with the transformer's patch embedding widened to 2x (image) or, ``with_mask``, 3x (image and
+    mask) the latent channels, new weights zero (the untrained model reproduces the text-to-image one).
+    ``perturb`` > 0 adds seeded noise of that scale to the new patch-embedding weights, standing in for a
+    trained model whose image and mask change the output."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from editforge.pipelines import widen_patch_embedding
+
+    components = tiny_sd3_components(seed, in_channels=latent_channels, latent_channels=latent_channels,
+                                     num_layers=num_layers, words=words)
+    components["scheduler"] = FlowMatchEulerDiscreteScheduler(shift=shift)
+    transformer = widen_patch_embedding(components["transformer"], (3 if with_mask else 2) * latent_channels)
+    if perturb:
+        generator = torch.Generator().manual_seed(seed + 1)
+        with torch.no_grad():
+            weight = transformer.pos_embed.proj.weight
+            weight[:, latent_channels:] += perturb * torch.randn(weight[:, latent_channels:].shape, generator=generator)
+    return components
+
+
+def tiny_sd3_instruct_pix2pix_pipeline(seed: int = 0, with_mask: bool = False, perturb: float = 0.0,
+                                       image_latents_normalization: str = "unscaled", **kwargs):
+    """A ``StableDiffusion3InstructPix2PixPipeline`` of :func:`tiny_sd3_instruct_pix2pix_components`."""
+    from editforge.pipelines import StableDiffusion3InstructPix2PixPipeline
+
+    components = tiny_sd3_instruct_pix2pix_components(seed, with_mask=with_mask, perturb=perturb, **kwargs)
+    pipe = StableDiffusion3InstructPix2PixPipeline(**components, image_latents_normalization=image_latents_normalization)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
