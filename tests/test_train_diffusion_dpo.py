@@ -158,3 +158,8 @@ def test_bad_settings_are_refused_clearly(workspace, tmp_path):
         main(args(workspace, tmp_path / "x", "--alignment", "both"))
     with pytest.raises(UsageError, match="--beta_dpo must be positive"):
         main(args(workspace, tmp_path / "x", "--beta_dpo", "0"))
+    with pytest.raises(UsageError, match="has 8 input channels; Diffusion-DPO starts from a text-to-image model"):
+        from editforge.testing.tiny_models import tiny_instruct_pix2pix_pipeline
+
+        tiny_instruct_pix2pix_pipeline().save_pretrained(tmp_path / "ip2p")
+        main(args(workspace, tmp_path / "x", "--pretrained_model_name_or_path", str(tmp_path / "ip2p")))

@@ -122,6 +122,7 @@ class EditExamples(torch.utils.data.Dataset):
     shapes: list[tuple[int, int]]
     center_crop: bool = True
     seed: int = 0
+    with_mask: bool = False  # add "mask": the row's mask_image as RGB in [-1, 1], all white (edit everywhere) if null
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -138,6 +139,10 @@ class EditExamples(torch.utils.data.Dataset):
             offset = (rng.random(), rng.random())
         source, edited = fit([row["source_image"], row["edited_image"]], width, height, offset)
         example = {"index": index, "source": to_tensor(source), "edited": to_tensor(edited), "instruction": row["instruction"]}
+        if self.with_mask:
+            mask = row.get("mask_image") or Image.new("L", row["source_image"].size, 255)
+            (mask,) = fit([mask.convert("L").convert("RGB")], width, height, offset)
+            example["mask"] = to_tensor(mask)
         rewards = row.get("rewards")
         if rewards_complete(rewards):
             example["scores"] = torch.tensor(reward_scores(rewards))

@@ -124,6 +124,10 @@ def main(argv: list[str] | DiffusionDPOConfig | None = None, keep_pipeline: bool
     if unet.config.in_channels != vae.config.latent_channels:
         raise UsageError(f"the base UNet of {config.pretrained_model_name_or_path!r} has {unet.config.in_channels} input "
                          "channels; Diffusion-DPO starts from a text-to-image model")
+    if unet.config.addition_embed_type is not None:
+        raise UsageError(f"the base UNet of {config.pretrained_model_name_or_path!r} takes added conditions "
+                         f"({unet.config.addition_embed_type!r}, e.g. SDXL); train_diffusion_dpo.py supports SD1.5-style "
+                         "UNets (one CLIP text encoder) so far")
     if config.prediction_type is not None:
         noise_scheduler.register_to_config(prediction_type=config.prediction_type)
     prediction_type = noise_scheduler.config.prediction_type
