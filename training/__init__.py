@@ -16,8 +16,8 @@ The core, which any trainer plugs into:
 - ``autoencoder``: fitting a small VAE (the demo's).
 
 One script per method: ``train_reward_pix2pix`` (Multi-Reward as Condition, and its plain
-InstructPix2Pix baseline) and ``train_diffusion_dpo`` (Diffusion-DPO with InstructEngine's
-cross-validation alignment).
+InstructPix2Pix baseline), ``train_sd3_pix2pix`` (UltraEdit's SD3 InstructPix2Pix with region
+masks) and ``train_diffusion_dpo`` (Diffusion-DPO with InstructEngine's cross-validation alignment).
 
 Importing this package imports nothing heavy; the scripts import torch and diffusers.
 """

@@ -43,12 +43,14 @@ def training_card_fields(config, result, dataset, denoiser: str = "UNet") -> dic
 
 
 def write_final_pipeline(config, trainer, build_pipeline: Callable[[object], object], spec: str, denoiser: str,
-                         training: dict) -> None:
+                         training: dict, extra_weights: Callable[[Path], list[Path]] | None = None) -> None:
     """Publish the trained pipeline into the output folder by its publishing ``spec`` (a name
     registered in ``editforge.publishing``). ``build_pipeline(None)`` builds it with
     the trained modules; with LoRA, the adapter of the trained ``denoiser`` (a component name) goes
     in its own file and the pipeline ships the base denoiser, ``build_pipeline(base)``. The folder
-    is assembled aside and moved in entry by entry, so checkpoints and logs stay."""
+    is assembled aside and moved in entry by entry, so checkpoints and logs stay. ``extra_weights(folder)``
+    writes other trained weight files (e.g. a widened patch embedding) there and returns their paths;
+    they ship beside the pipeline, listed on the card, never inside the LoRA file."""
     from editforge.hub import publish_pipeline
 
     from .components import hub_kwargs
@@ -66,9 +68,10 @@ def write_final_pipeline(config, trainer, build_pipeline: Callable[[object], obj
             lora_file = save_lora(trained, staging / "lora")
             base = type(trained).from_pretrained(config.pretrained_model_name_or_path, subfolder=denoiser, **hub_kwargs(config))
             pipeline = build_pipeline(base)
+        extra = extra_weights(staging) if extra_weights is not None else None
         final = staging / "pipeline"
         repo_id = config.hub_model_id or f"<your-name>/{Path(config.output_dir).resolve().name}"
-        publish_pipeline(pipeline, final, spec, lora_weights=lora_file, repo_id=repo_id, training=training,
+        publish_pipeline(pipeline, final, spec, lora_weights=lora_file, extra_weights=extra, repo_id=repo_id, training=training,
                          **card_metadata(config))
         for entry in final.iterdir():
             target = output_dir / entry.name
@@ -82,7 +85,8 @@ def write_final_pipeline(config, trainer, build_pipeline: Callable[[object], obj
 
 
 def finish_run(config, trainer, result, *, build_pipeline, spec: str, denoiser: str, training: dict,
-               validate: Callable[[int], None] | None = None, keep_pipeline: bool = False) -> dict:
+               validate: Callable[[int], None] | None = None, keep_pipeline: bool = False,
+               extra_weights: Callable[[Path], list[Path]] | None = None) -> dict:
     """After training: a last validation, the published pipeline, ``train_summary.json`` and the
     upload (main process only); returns the run summary (with ``"pipeline"``, the trained pipeline
     as it is in memory, when ``keep_pipeline``)."""
@@ -90,7 +94,7 @@ def finish_run(config, trainer, result, *, build_pipeline, spec: str, denoiser: 
     if trainer.is_main_process:
         if validate is not None:
             validate(result.global_step)
-        write_final_pipeline(config, trainer, build_pipeline, spec, denoiser, training)
+        write_final_pipeline(config, trainer, build_pipeline, spec, denoiser, training, extra_weights)
         write_run_summary(trainer.output_dir, summary)
         if keep_pipeline:
             summary["pipeline"] = build_pipeline(None)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "Train a model: `editforge train METHOD --help` (reward-pix2pix, dpo) lists the flags (same as the script's)."
+HELP = "Train a model: `editforge train METHOD --help` (reward-pix2pix, dpo, sd3-pix2pix) lists the flags (same as the script's)."
 
 # method -> the training script's module (each has main(argv))
-METHODS = {"reward-pix2pix": "editforge.training.train_reward_pix2pix", "dpo": "editforge.training.train_diffusion_dpo"}
+METHODS = {"reward-pix2pix": "editforge.training.train_reward_pix2pix", "dpo": "editforge.training.train_diffusion_dpo",
+           "sd3-pix2pix": "editforge.training.train_sd3_pix2pix"}
 
 
 def add_arguments(parser) -> None:
