@@ -14,7 +14,7 @@
 7. a report: ``report.md`` (the paper's table in miniature), ``grid.png`` (source, instruction,
    baseline, reward-conditioned) and ``results.json``.
 
-The defaults take about 12 minutes on a 2-core CPU (15 at most). Every stage shows progress.
+The defaults take 8 to 12 minutes on a 2-core CPU (15 at most). Every stage shows progress.
 """
 
 from __future__ import annotations

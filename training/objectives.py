@@ -36,7 +36,7 @@ from typing import NamedTuple
 import torch
 
 # ---------------------------------------------------------------------------------------------
-# DDPM: epsilon / v-prediction, min-SNR (moved here from training/diffusion.py, unchanged)
+# DDPM: epsilon / v-prediction, min-SNR
 # ---------------------------------------------------------------------------------------------
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 HELP = ("Run the main job offline: synthetic data -> oracle judge via the openai client -> dataset -> "
-        "baseline and reward-conditioned InstructPix2Pix -> judged edits -> report (about 12 min on 2 cores).")
+        "baseline and reward-conditioned InstructPix2Pix -> judged edits -> report (8 to 12 min on 2 cores).")
 
 
 def add_arguments(parser) -> None:
