@@ -38,39 +38,17 @@ Adaptations, each for a stated reason (``INAPPLICABLE`` holds the tests that can
 from __future__ import annotations
 
 import contextlib
-import importlib
-import os
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-CHECKOUT_VARIABLE = "EDITFORGE_DIFFUSERS_CHECKOUT"
-_CHECKOUT = os.environ.get(CHECKOUT_VARIABLE)
-_IP2P_MODULE = "tests.pipelines.stable_diffusion.test_stable_diffusion_instruction_pix2pix"
-_IP2P_FILE = Path(*_IP2P_MODULE.split(".")).with_suffix(".py")
+from diffusers_checkout import import_diffusers_tests
 
-if not _CHECKOUT:
-    pytest.skip(
-        f"diffusers' pipeline tests need a diffusers source checkout: set {CHECKOUT_VARIABLE}=/path/to/diffusers"
-        " (see benchmarks/diffusers_pipeline_tests.py)",
-        allow_module_level=True,
-    )
-if not (Path(_CHECKOUT) / _IP2P_FILE).is_file():
-    pytest.skip(f"{CHECKOUT_VARIABLE}={_CHECKOUT} is not a diffusers checkout (no {_IP2P_FILE})", allow_module_level=True)
+ip2p_tests = import_diffusers_tests("tests.pipelines.stable_diffusion.test_stable_diffusion_instruction_pix2pix",
+                                    "benchmarks/diffusers_pipeline_tests.py")
 
-import diffusers  # the installed one: it must not come from the checkout
-
-if Path(diffusers.__file__).resolve().is_relative_to(Path(_CHECKOUT).resolve()):
-    raise RuntimeError(f"diffusers was imported from the checkout ({diffusers.__file__}), not the installed package")
-if _CHECKOUT not in sys.path:
-    sys.path.insert(0, _CHECKOUT)
-# The module object only: importing its classes into this namespace would make pytest collect
-# diffusers' own (stock-pipeline) classes here too.
-ip2p_tests = importlib.import_module(_IP2P_MODULE)
-
+import diffusers
 from diffusers import StableDiffusionInstructPix2PixPipeline
 
 from editforge.pipelines import RewardConditionedPix2PixPipeline, RewardConditioner
@@ -82,7 +60,7 @@ _WORDS = ["a painting of a squirrel eating a burger", "french fries", "very long
 PYTEST_STYLE = hasattr(ip2p_tests, "StableDiffusionInstructPix2PixPipelineTesterConfig")
 UNITTEST_STYLE = hasattr(ip2p_tests, "StableDiffusionInstructPix2PixPipelineFastTests")
 if not (PYTEST_STYLE or UNITTEST_STYLE):
-    pytest.skip(f"{_IP2P_FILE} in {_CHECKOUT} has neither known InstructPix2Pix test class", allow_module_level=True)
+    pytest.skip(f"{ip2p_tests.__file__} has neither known InstructPix2Pix test class", allow_module_level=True)
 
 _SLICE_TESTS = (
     "test_stable_diffusion_pix2pix_default_case",

@@ -31,40 +31,18 @@ Adaptations, each for a stated reason (``INAPPLICABLE`` holds the tests that can
 from __future__ import annotations
 
 import contextlib
-import importlib
-import os
 import random
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-CHECKOUT_VARIABLE = "EDITFORGE_DIFFUSERS_CHECKOUT"
-_CHECKOUT = os.environ.get(CHECKOUT_VARIABLE)
+from diffusers_checkout import import_diffusers_tests
+
 _SD3_MODULE = "tests.pipelines.stable_diffusion_3.test_pipeline_stable_diffusion_3"
-_SD3_FILE = Path(*_SD3_MODULE.split(".")).with_suffix(".py")
-
-if not _CHECKOUT:
-    pytest.skip(
-        f"diffusers' pipeline tests need a diffusers source checkout: set {CHECKOUT_VARIABLE}=/path/to/diffusers"
-        " (see benchmarks/diffusers_sd3_pipeline_tests.py)",
-        allow_module_level=True,
-    )
-if not (Path(_CHECKOUT) / _SD3_FILE).is_file():
-    pytest.skip(f"{CHECKOUT_VARIABLE}={_CHECKOUT} is not a diffusers checkout (no {_SD3_FILE})", allow_module_level=True)
-
-import diffusers  # the installed one: it must not come from the checkout
-
-if Path(diffusers.__file__).resolve().is_relative_to(Path(_CHECKOUT).resolve()):
-    raise RuntimeError(f"diffusers was imported from the checkout ({diffusers.__file__}), not the installed package")
-if _CHECKOUT not in sys.path:
-    sys.path.insert(0, _CHECKOUT)
-# The module object only: importing its classes here would make pytest collect diffusers' own classes too.
-sd3_tests = importlib.import_module(_SD3_MODULE)
+sd3_tests = import_diffusers_tests(_SD3_MODULE, "benchmarks/diffusers_sd3_pipeline_tests.py")
 if not hasattr(sd3_tests, "StableDiffusion3PipelineFastTests"):
-    pytest.skip(f"{_SD3_FILE} in {_CHECKOUT} has no StableDiffusion3PipelineFastTests", allow_module_level=True)
+    pytest.skip(f"{sd3_tests.__file__} has no StableDiffusion3PipelineFastTests", allow_module_level=True)
 
 from diffusers import StableDiffusion3Pipeline
 
