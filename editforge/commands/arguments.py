@@ -97,3 +97,12 @@ def file_size(text: str) -> int:
     if size <= 0:
         raise argparse.ArgumentTypeError(f"must be more than 0 bytes, got {text!r}")
     return size
+
+
+DEFAULT_MAX_SHARD_SIZE = "500MB"
+
+
+def add_max_shard_size(parser) -> None:
+    """``--max-shard-size SIZE``, the one flag of every command that writes a dataset folder."""
+    parser.add_argument("--max-shard-size", type=file_size, default=DEFAULT_MAX_SHARD_SIZE, metavar="SIZE",
+                        help=f"start a new Parquet shard past this many (uncompressed) bytes (default {DEFAULT_MAX_SHARD_SIZE})")

@@ -6,10 +6,9 @@ import sys
 
 from editforge.dataset_builders.formats import FORMATS
 
-from .arguments import file_size
+from .arguments import add_max_shard_size
 
 HELP = "Convert an editing or preference dataset on disk into a Hub-ready folder (Parquet shards + dataset card)."
-DEFAULT_MAX_SHARD_SIZE = "500MB"
 
 
 def add_arguments(parser) -> None:
@@ -21,10 +20,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("out", metavar="OUT", help="the dataset folder to write (several configs can share it)")
     parser.add_argument("--config", default="default", help="config name (default: default)")
     parser.add_argument("--split", default="train", help="split name (default: train)")
-    parser.add_argument(
-        "--max-shard-size", type=file_size, default=DEFAULT_MAX_SHARD_SIZE, metavar="SIZE",
-        help=f"start a new Parquet shard past this many (uncompressed) bytes (default {DEFAULT_MAX_SHARD_SIZE})",
-    )
+    add_max_shard_size(parser)
     parser.add_argument(
         "--on-error", choices=("fail", "skip"), default="fail",
         help="a bad item (corrupt or missing image, wrong reward shape...) stops the build (fail, default) "

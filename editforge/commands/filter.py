@@ -7,7 +7,7 @@ import math
 
 from editforge.vocabulary import METRIC_NAMES as METRICS
 
-from .arguments import file_size, positive_int
+from .arguments import add_max_shard_size, positive_int
 
 HELP = ("Keep the triplets of a scored dataset whose metrics pass thresholds (UltraEdit's presets or --min), "
         "optionally the top k per group; writes a dataset folder whose card records the thresholds.")
@@ -45,8 +45,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--group-by", default=None, metavar="COLUMN",
                         help="the column whose equal values are candidates of one edit (e.g. instruction, "
                              "provenance.original_id); needs --top-k-by")
-    parser.add_argument("--max-shard-size", type=file_size, default="500MB", metavar="SIZE",
-                        help="start a new Parquet shard past this many (uncompressed) bytes (default 500MB)")
+    add_max_shard_size(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from .arguments import file_size, non_negative_int, positive_int
+from .arguments import add_max_shard_size, non_negative_int, positive_int
 
 HELP = ("Score every triplet of a canonical edit dataset with UltraEdit's quality metrics (CLIP, DINOv2, SSIM) "
         "into the metrics column of a new dataset folder; batched, resumable, runs under accelerate launch.")
@@ -33,8 +33,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--on-error", choices=("fail", "skip"), default="fail",
                         help="an unreadable image or a source and edit of different sizes stops the run (fail, default; "
                              "results so far are kept) or is left out and counted in the card (skip)")
-    parser.add_argument("--max-shard-size", type=file_size, default="500MB", metavar="SIZE",
-                        help="start a new Parquet shard past this many (uncompressed) bytes (default 500MB)")
+    add_max_shard_size(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
