@@ -229,11 +229,10 @@ def test_sharded_over_two_processes(tmp_path, world, models):
     """torchrun --nproc_per_node 2 (what accelerate launch starts): the processes share the items."""
     ds, _, records = world
     out = tmp_path / "out"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29571",
-               "-m", "editforge.cli", "metrics", str(ds), str(out), "--clip-model", models[0], "--dinov2-model", models[1],
-               "--batch-size", "4", "--num-workers", "0", "--no-progress"]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    from torchrun import run_torchrun
+
+    result = run_torchrun(["-m", "editforge.cli", "metrics", str(ds), str(out), "--clip-model", models[0],
+                           "--dinov2-model", models[1], "--batch-size", "4", "--num-workers", "0", "--no-progress"])
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("scored ") == 1 and "with 2 processes" in result.stdout
     rows = list(load_dataset(str(out), split="train", streaming=True))

@@ -221,16 +221,11 @@ SCRIPT = Path(__file__).resolve().parents[1] / "training" / "train_sd3_pix2pix.p
 
 
 def test_two_processes_under_torchrun_write_one_output(workspace, tmp_path):
-    import os
-    import subprocess
-    import sys
+    from torchrun import run_torchrun
 
     out = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": "29531"}
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531", str(SCRIPT),
-         *args(workspace, out, "--with_mask", "--checkpointing_steps", "2", "--train_batch_size", "2", steps=2)],
-        capture_output=True, text=True, env=env, timeout=300)
+    result = run_torchrun([str(SCRIPT), *args(workspace, out, "--with_mask", "--checkpointing_steps", "2",
+                                               "--train_batch_size", "2", steps=2)])
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["global_step"] == 2 and summary["num_processes"] == 2

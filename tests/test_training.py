@@ -1,7 +1,6 @@
 """train_reward_pix2pix.py on tiny models: learning, saving/loading, resuming, two processes."""
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -161,13 +160,10 @@ def test_bad_settings_are_refused_clearly(workspace, tmp_path):
 
 
 def test_two_processes_under_torchrun_write_one_output(workspace, tmp_path):
+    from torchrun import run_torchrun
+
     out = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": "29517"}
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-         str(SCRIPT), *args(workspace, out, "--checkpointing_steps", "2", "--logging_steps", "1", steps=2)],
-        capture_output=True, text=True, env=env, timeout=300,
-    )
+    result = run_torchrun([str(SCRIPT), *args(workspace, out, "--checkpointing_steps", "2", "--logging_steps", "1", steps=2)])
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["global_step"] == 2 and summary["num_processes"] == 2
