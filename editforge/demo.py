@@ -20,10 +20,9 @@ The defaults take 8 to 12 minutes on a 2-core CPU (15 at most). Every stage show
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from editforge.errors import EditforgeError
@@ -64,20 +63,6 @@ class DemoConfig:
     @property
     def task_list(self) -> tuple[str, ...]:
         return tuple(t for t in self.tasks.split(",") if t)
-
-
-@dataclass
-class ModelScores:
-    name: str
-    seeds: list[int]
-    items: int = 0
-    missing: int = 0
-    following_accuracy: float = 0.0
-    unchanged_share: float = 0.0  # IF = 0: the judge saw no edit at all
-    detail_preserving_when_following: float | None = None  # mean DP of the edits with IF = 5
-    means: dict = field(default_factory=dict)
-    per_seed_accuracy: dict = field(default_factory=dict)
-    per_task_accuracy: dict = field(default_factory=dict)
 
 
 def _stage(number: int, total: int, text: str) -> None:
@@ -176,8 +161,7 @@ def run_demo(config: DemoConfig) -> dict:
     lap("training")
 
     _stage(6, total, "editing held-out images with both models and judging the edits")
-    scores, outputs = _evaluate(config, out, heldout_manifest)
-    scores["vae_ceiling"] = _vae_ceiling(config, out, base_dir, heldout_manifest)
+    evaluation = _evaluate(config, out, stages, base_dir, heldout_manifest)
     lap("evaluation")
 
     _stage(7, total, "writing the report")
@@ -188,10 +172,11 @@ def run_demo(config: DemoConfig) -> dict:
         "dataset": dataset_stats,
         "vae": vae_info,
         "training": training,
-        "scores": {k: asdict(v) for k, v in scores.items()},
+        "scores": _scores(evaluation),
+        "evaluation_folder": str(out / EVAL_FOLDER),
         "pipeline_folder": str(out / "reward"),
     }
-    _write_report(config, out, results, scores, outputs, heldout_manifest)
+    _write_report(config, out, results, evaluation)
     timings["report"] = round(time.perf_counter() - clock, 1)
     timings["total"] = round(sum(v for k, v in timings.items() if k != "total"), 1)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -407,170 +392,129 @@ def _train(config: DemoConfig, out: Path, base_dir: Path, dataset_dir: Path, nam
     return results
 
 
-def _load_pipelines(out: Path):
-    from diffusers import DiffusionPipeline
+EVAL_FOLDER = "eval"
+CEILING_FOLDER = "vae_ceiling"  # the ideal edits through the VAE, one PNG per held-out item
+# The held-out evaluation runs again when the models or how they are asked change.
+_EVAL_KEYS = _TRAIN_KEYS + ("eval_seeds", "inference_steps", "guidance_scale", "image_guidance_scale",
+                            "reward_guidance_scale")
+# model name in the harness -> label in the report
+LABELS = {"baseline": "InstructPix2Pix baseline", "reward": "reward-conditioned (rewards 5/5/5)",
+          "reward_guided": "reward-conditioned + reward guidance {g:g} (ours)",
+          "vae_ceiling": "ceiling: ideal edits through the VAE"}
 
-    baseline = DiffusionPipeline.from_pretrained(str(out / "baseline"))
-    reward = DiffusionPipeline.from_pretrained(str(out / "reward"), trust_remote_code=True)
-    for pipe in (baseline, reward):
-        pipe.set_progress_bar_config(disable=True)
-    return {"baseline": baseline, "reward": reward}
 
+def _evaluate(config: DemoConfig, out: Path, stages: _Stages, base_dir: Path, heldout_manifest: Path):
+    """Both models (and the guided variant, and the VAE ceiling as edits made elsewhere) on the
+    held-out edits through ``editforge eval``'s harness, judged by the oracle; resumable."""
+    from editforge.evaluation import ModelSpec, evaluate
 
-def _evaluate(config: DemoConfig, out: Path, heldout_manifest: Path):
-    import torch
-    from PIL import Image
-    from tqdm.auto import tqdm
-
-    from editforge.dataset_builders.manifest import read_manifest, write_manifest
-
-    records = list(read_manifest(heldout_manifest))
-    base = heldout_manifest.parent
-    sources = [Image.open(base / r["source_image"]).convert("RGB") for r in records]
-    pipelines = _load_pipelines(out)
-    at_max_reward = {"rewards": [5.0, 5.0, 5.0], "reward_feedback": None}
-    variants = [("baseline", pipelines["baseline"], {}), ("reward", pipelines["reward"], at_max_reward)]
+    folder = out / EVAL_FOLDER
+    if stages.get("evaluation", _EVAL_KEYS) is None and folder.exists():
+        shutil.rmtree(folder)  # run with other models or settings: its edits and answers are not these
+    stages.put("evaluation", _EVAL_KEYS, {"folder": str(folder)})
+    ceiling = _vae_ceiling(out, base_dir, heldout_manifest)
+    asked = {"num_inference_steps": config.inference_steps, "guidance_scale": config.guidance_scale,
+             "image_guidance_scale": config.image_guidance_scale}
+    at_max_reward = {**asked, "rewards": [5.0, 5.0, 5.0], "reward_feedback": None}
+    models = [ModelSpec("baseline", str(out / "baseline"), asked), ModelSpec("reward", str(out / "reward"), at_max_reward)]
     if config.reward_guidance_scale > 1:
-        variants.append(("reward_guided", pipelines["reward"],
-                         {**at_max_reward, "reward_guidance_scale": config.reward_guidance_scale}))
-    seeds = [int(s) for s in config.eval_seeds.split(",")]
-    scores, outputs = {}, {}
-    batch = 25
-    for name, pipe, kwargs in variants:
-        judged_records = []
-        for seed in seeds:
-            folder = out / "eval" / name / f"seed{seed}"
-            folder.mkdir(parents=True, exist_ok=True)
-            lines = []
-            chunks = range(0, len(records), batch)
-            for start in tqdm(chunks, desc=f"edit ({name}, seed {seed})", disable=not config.progress):
-                part = records[start: start + batch]
-                images = pipe(
-                    [r["instruction"] for r in part], image=sources[start: start + batch],
-                    num_inference_steps=config.inference_steps, guidance_scale=config.guidance_scale,
-                    image_guidance_scale=config.image_guidance_scale,
-                    generator=torch.Generator().manual_seed(seed * 100_003 + start), **kwargs,
-                ).images
-                for record, image in zip(part, images):
-                    path = folder / f"{record['id']}.png"
-                    image.save(path)
-                    outputs.setdefault((name, seed), {})[record["id"]] = path
-                    lines.append({
-                        "id": record["id"], "instruction": record["instruction"], "task": record["task"],
-                        "source_image": str((base / record["source_image"]).resolve()),
-                        "edited_image": str(path.resolve()), "seed": seed,
-                    })
-            manifest = folder / "manifest.jsonl"
-            write_manifest(manifest, lines)
-            judged_records += _judge(config, out, manifest, folder / "judged.jsonl")
-        scores[name] = _summarize(name, seeds, judged_records)
-    return scores, outputs
+        models.append(ModelSpec("reward_guided", str(out / "reward"),
+                                {**at_max_reward, "reward_guidance_scale": config.reward_guidance_scale}))
+    models.append(ModelSpec("vae_ceiling", f"outputs:{ceiling}"))
+    return evaluate(models, str(heldout_manifest), folder, judge="oracle", seeds=config.eval_seeds, batch_size=25,
+                    progress=config.progress, grid_rows=config.grid_rows, trust_remote_code=True)
 
 
-def _judge(config: DemoConfig, out: Path, manifest: Path, judged: Path) -> list[dict]:
-    from editforge.dataset_builders.annotation import annotate_manifest
-    from editforge.dataset_builders.manifest import read_manifest
-
-    annotate_manifest(manifest, judged, judge="oracle", cache=out / "cache" / "annotations.sqlite",
-                      concurrency=8, allow_missing=True, progress=False)
-    return list(read_manifest(judged))
-
-
-def _summarize(name: str, seeds: list[int], records: list[dict]) -> ModelScores:
-    scores = ModelScores(name=name, seeds=seeds, items=len(records))
-    judged = [r for r in records if r.get("rewards") is not None]
-    scores.missing = len(records) - len(judged)
-    if not judged:
-        return scores
-
-    def accuracy(rows):
-        return round(sum(r["rewards"]["instruction_following"]["score"] == 5 for r in rows) / len(rows), 4)
-
-    scores.following_accuracy = accuracy(judged)
-    scores.unchanged_share = round(sum(r["rewards"]["instruction_following"]["score"] == 0 for r in judged) / len(judged), 4)
-    followed = [r["rewards"]["detail_preserving"]["score"] for r in judged
-                if r["rewards"]["instruction_following"]["score"] == 5]
-    if followed:
-        scores.detail_preserving_when_following = round(sum(followed) / len(followed), 3)
-    scores.means = {p: round(sum(r["rewards"][p]["score"] for r in judged) / len(judged), 3) for p in PERSPECTIVES}
-    for seed in seeds:
-        rows = [r for r in judged if r.get("seed") == seed]
-        if rows:
-            scores.per_seed_accuracy[str(seed)] = accuracy(rows)
-    for task in sorted({r.get("task") for r in judged}):
-        scores.per_task_accuracy[task] = accuracy([r for r in judged if r.get("task") == task])
-    return scores
-
-
-def _vae_ceiling(config: DemoConfig, out: Path, base_dir: Path, heldout_manifest: Path) -> ModelScores:
-    """The ideal edits passed through the VAE and judged: the best any model on it can score."""
+def _vae_ceiling(out: Path, base_dir: Path, heldout_manifest: Path) -> Path:
+    """The ideal edits passed through the VAE (what the best model on it can give), written once."""
     import numpy as np
     import torch
     from diffusers import AutoencoderKL
     from PIL import Image
 
-    from editforge.dataset_builders.manifest import read_manifest, write_manifest
+    from editforge.dataset_builders.annotation.sources import file_stem
+    from editforge.dataset_builders.manifest import read_manifest
 
-    vae = AutoencoderKL.from_pretrained(base_dir / "vae").eval()
+    folder = out / CEILING_FOLDER
     records = list(read_manifest(heldout_manifest))
-    base = heldout_manifest.parent
-    folder = out / "eval" / "vae_ceiling"
+    todo = [r for r in records if not (folder / f"{file_stem(r['id'])}.png").is_file()]
+    if not todo:
+        return folder
     folder.mkdir(parents=True, exist_ok=True)
-    lines = []
-    for record in records:
-        ideal = np.asarray(Image.open(base / record["ideal_image"]).convert("RGB"), dtype=np.float32)
+    vae = AutoencoderKL.from_pretrained(base_dir / "vae").eval()
+    for record in todo:
+        ideal = np.asarray(Image.open(heldout_manifest.parent / record["ideal_image"]).convert("RGB"), dtype=np.float32)
         pixels = torch.from_numpy(ideal).permute(2, 0, 1)[None] / 127.5 - 1.0
         with torch.no_grad():
             decoded = vae.decode(vae.encode(pixels).latent_dist.mode()).sample[0]
         array = ((decoded.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
-        path = folder / f"{record['id']}.png"
-        Image.fromarray(array).save(path)
-        lines.append({"id": record["id"], "instruction": record["instruction"], "task": record["task"],
-                      "source_image": str((base / record["source_image"]).resolve()),
-                      "edited_image": str(path.resolve()), "seed": 0})
-    write_manifest(folder / "manifest.jsonl", lines)
-    return _summarize("vae_ceiling", [0], _judge(config, out, folder / "manifest.jsonl", folder / "judged.jsonl"))
+        partial = folder / f"{file_stem(record['id'])}.png.partial"
+        Image.fromarray(array).save(partial, format="PNG")
+        partial.replace(folder / f"{file_stem(record['id'])}.png")
+    return folder
 
 
-def _write_report(config, out: Path, results: dict, scores: dict, outputs: dict, heldout_manifest: Path) -> None:
-    from editforge.dataset_builders.manifest import read_manifest
+def _scores(evaluation) -> dict:
+    """results.json's ``scores``: each model's figures over all held-out edits, and per task."""
+    scores = {}
+    for name, model in evaluation.models.items():
+        groups = model["subsets"]["all"]
+        overall = groups["all"]
+        scores[name] = {"items": overall["items"], "rows": overall["rows"], "judged": overall["judged"],
+                        "missing": overall["missing"],
+                        **{figure: values["value"] for figure, values in overall["figures"].items()},
+                        "per_seed_following_accuracy": overall["figures"]["following_accuracy"]["per_seed"],
+                        "following_accuracy_ci95": overall["figures"]["following_accuracy"]["ci95"],
+                        "per_task_following_accuracy": {task: g["figures"]["following_accuracy"]["value"]
+                                                        for task, g in groups.items() if task != "all"}}
+    return scores
 
-    baseline, reward, ceiling = scores["baseline"], scores["reward"], scores["vae_ceiling"]
+
+def _write_report(config, out: Path, results: dict, evaluation) -> None:
+    scores = results["scores"]
+    baseline, reward = scores["baseline"], scores["reward"]
     annotation, training = results["annotation"], results["training"]
 
-    def row(label, s: ModelScores):
-        per_seed = ", ".join(f"{100 * v:.1f}" for v in s.per_seed_accuracy.values())
-        dp_followed = ("-" if s.detail_preserving_when_following is None
-                       else f"{s.detail_preserving_when_following:.2f}")
-        return (f"| {label} | **{100 * s.following_accuracy:.1f}%** ({per_seed}) | "
-                f"{s.means.get('instruction_following', 0):.2f} | {s.means.get('detail_preserving', 0):.2f} | "
-                f"{s.means.get('generation_quality', 0):.2f} | {100 * s.unchanged_share:.1f}% | {dp_followed} | "
-                f"{s.items - s.missing}/{s.items} |")
+    def percent(value):
+        return "-" if value is None else f"{100 * value:.1f}"
 
-    guided = scores.get("reward_guided")
-    guided_row = (row(f"reward-conditioned + reward guidance {config.reward_guidance_scale:g} (ours)", guided) + "\n"
-                  if guided is not None else "")
-    tasks = sorted(set(baseline.per_task_accuracy) | set(reward.per_task_accuracy))
+    def row(name):
+        s = scores[name]
+        per_seed = ", ".join(percent(v) for v in s["per_seed_following_accuracy"].values())
+        ci = s["following_accuracy_ci95"]
+        interval = f" [{percent(ci[0])}, {percent(ci[1])}]" if ci else ""
+
+        def mean(figure):
+            return "-" if s[figure] is None else f"{s[figure]:.2f}"
+
+        return (f"| {LABELS[name].format(g=config.reward_guidance_scale)} | **{percent(s['following_accuracy'])}%**"
+                f"{interval} ({per_seed}) | {mean('mean_instruction_following')} | {mean('mean_detail_preserving')} | "
+                f"{mean('mean_generation_quality')} | {percent(s['not_edited'])}% | {mean('dp_when_following')} | "
+                f"{s['judged']}/{s['rows']} |")
+
+    table = "\n".join(row(name) for name in scores)
+    tasks = [g for g in evaluation.groups if g in baseline["per_task_following_accuracy"]
+             or g in reward["per_task_following_accuracy"]]
     task_rows = "\n".join(
-        f"| {t} | {100 * baseline.per_task_accuracy.get(t, 0):.1f}% | {100 * reward.per_task_accuracy.get(t, 0):.1f}% |"
-        for t in tasks
+        f"| {t} | {percent(baseline['per_task_following_accuracy'].get(t))}% | "
+        f"{percent(reward['per_task_following_accuracy'].get(t))}% |" for t in tasks
     )
-    gain = 100 * (reward.following_accuracy - baseline.following_accuracy)
+    gain = 100 * ((reward["following_accuracy"] or 0) - (baseline["following_accuracy"] or 0))
     verdict = (f"Reward conditioning **raises** instruction-following accuracy by {gain:.1f} points."
                if gain > 0 else f"Reward conditioning does **not** beat the baseline here ({gain:+.1f} points).")
     text = f"""# editforge demo: Multi-Reward as Condition, in miniature
 
 {verdict} Paper (InsPix2Pix, GPT-4o judge, Real-Edit): 47.7% -> 57.1%.
 
-| model | following accuracy (IF = 5; per eval seed) | mean IF | mean DP | mean GQ | not edited (IF = 0) | DP when IF = 5 | judged |
+| model | following accuracy (IF = 5) [95% interval] (per eval seed) | mean IF | mean DP | mean GQ | not edited (IF = 0) | DP when IF = 5 | judged |
 |---|---|---|---|---|---|---|---|
-{row("InstructPix2Pix baseline", baseline)}
-{row("reward-conditioned (rewards 5/5/5)", reward)}
-{guided_row}{row("ceiling: ideal edits through the VAE", ceiling)}
+{table}
 
 Scores are the oracle judge's (0..5: instruction following IF, detail preserving DP, generation
-quality GQ), asked through the openai client exactly as GPT-4o would be. Following accuracy is the
-share of edits that score IF = 5. Both models: same data, same base model, same seed, same
+quality GQ), asked through the openai client exactly as GPT-4o would be, by `editforge eval`'s
+harness (its run is in `{EVAL_FOLDER}/`: every edit, every answer in `items.jsonl`, its own
+`report.md`). Following accuracy is the share of edits that score IF = 5; the interval is a
+bootstrap over held-out items. Both models: same data, same base model, same seed, same
 {training["baseline"]["steps"]} steps; the reward-conditioned one edits at the maximum reward, as in
 the paper (no guidance over the reward); the guided row is editforge's extension (reward dropout in
 training makes a null reward, and guidance pushes away from it). An edit that was not made keeps
@@ -611,40 +555,4 @@ pipe = DiffusionPipeline.from_pretrained("{out / "reward"}", trust_remote_code=T
 ![grid](grid.png)
 """
     (out / "report.md").write_text(text)
-    _write_grid(config, out, outputs, heldout_manifest)
-
-
-def _write_grid(config, out: Path, outputs: dict, heldout_manifest: Path) -> None:
-    from PIL import Image, ImageDraw
-
-    from editforge.dataset_builders.manifest import read_manifest
-
-    records = list(read_manifest(heldout_manifest))[: config.grid_rows]
-    seed = int(config.eval_seeds.split(",")[0])
-    tile, text_width, header = 96, 260, 20
-    columns = ["source", "instruction", "baseline", "reward-conditioned"]
-    width = tile * 3 + text_width
-    grid = Image.new("RGB", (width, header + tile * len(records)), "white")
-    draw = ImageDraw.Draw(grid)
-    x_positions = [0, tile, tile + text_width, 2 * tile + text_width]
-    for x, label in zip(x_positions, columns):
-        draw.text((x + 4, 4), label, fill="black")
-    for i, record in enumerate(records):
-        y = header + i * tile
-        source = Image.open(heldout_manifest.parent / record["source_image"]).convert("RGB")
-        grid.paste(source.resize((tile, tile), Image.NEAREST), (0, y))
-        words, lines, line = record["instruction"].split(), [], ""
-        for word in words:
-            if len(line) + len(word) + 1 > 38:
-                lines.append(line)
-                line = word
-            else:
-                line = f"{line} {word}".strip()
-        lines.append(line)
-        for j, text in enumerate(lines):
-            draw.text((tile + 6, y + 30 + 12 * j), text, fill="black")
-        for x, name in ((tile + text_width, "baseline"), (2 * tile + text_width, "reward")):
-            path = outputs.get((name, seed), {}).get(record["id"])
-            if path is not None:
-                grid.paste(Image.open(path).convert("RGB").resize((tile, tile), Image.NEAREST), (x, y))
-    grid.save(out / "grid.png")
+    shutil.copyfile(out / EVAL_FOLDER / "grid.png", out / "grid.png")

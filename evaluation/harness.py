@@ -206,7 +206,8 @@ def evaluate(models, suite: str | Suite, out: str | os.PathLike, *, rubric: str 
              seeds=(0,), model_args=None, batch_size: int = 8, concurrency: int = 8,
              on_error: str = "fail", cache: str | os.PathLike | None = None, max_side: int = 768,
              policy=None, progress: bool = True, grid_rows: int = 8, device: str | None = None,
-             torch_dtype=None, trust_remote_code: bool | None = None, write_outputs: bool = True) -> EvalResults:
+             torch_dtype=None, trust_remote_code: bool | None = None, write_outputs: bool = True,
+             metrics: bool = False, clip_model: str | None = None, dinov2_model: str | None = None) -> EvalResults:
     """Evaluate editing ``models`` on ``suite`` into the folder ``out``; see the module docstring.
 
     ``models``: ``LOCATION`` / ``NAME=LOCATION`` strings or :class:`ModelSpec`; ``model_args``:
@@ -215,7 +216,9 @@ def evaluate(models, suite: str | Suite, out: str | os.PathLike, *, rubric: str 
     (the synthetic suite: multi-reward by the oracle); ``cache``: the judge's answer cache (default
     ``OUT/cache/answers.sqlite``); ``on_error="skip"`` leaves out items whose source image is
     unreadable (listed in the results) instead of stopping; ``trust_remote_code``: run the code a
-    Hub model ships (None: only for local folders that ship code).
+    Hub model ships (None: only for local folders that ship code); ``metrics``: also UltraEdit's
+    CLIP / DINOv2 / SSIM metrics of every edit (:mod:`.quality`; ``clip_model`` / ``dinov2_model``
+    default to ``editforge metrics``' models).
     """
     if on_error not in ON_ERROR_CHOICES:
         raise UsageError(f"on_error must be one of {ON_ERROR_CHOICES}, got {on_error!r}")
@@ -269,6 +272,9 @@ def evaluate(models, suite: str | Suite, out: str | os.PathLike, *, rubric: str 
         else:
             _run(specs, items, seeds, out, store, config, endpoint, rubric_info.name, batch_size, progress,
                  device, torch_dtype, timings)
+        if metrics:
+            _score_quality(specs, by_id, seeds, out, store, clip_model, dinov2_model, batch_size, device, progress,
+                           timings)
         store.compact({spec.name: i for i, spec in enumerate(specs)})
     finally:
         store.close()
@@ -287,6 +293,23 @@ def evaluate(models, suite: str | Suite, out: str | os.PathLike, *, rubric: str 
         write_report(results, out / REPORT_FILE)
         write_grid(out / GRID_FILE, items[:grid_rows], [s.name for s in specs], seeds[0], out)
     return results
+
+
+def _score_quality(specs, by_id, seeds, out, store, clip_model, dinov2_model, batch_size, device, progress,
+                   timings) -> None:
+    from editforge.dataset_builders.metrics import DEFAULT_CLIP_MODEL, DEFAULT_DINOV2_MODEL
+
+    from .quality import needs_quality, quality_models, score_quality
+
+    clip_model, dinov2_model = clip_model or DEFAULT_CLIP_MODEL, dinov2_model or DEFAULT_DINOV2_MODEL
+    models = quality_models(clip_model, dinov2_model)
+    names = {spec.name for spec in specs}
+    todo = [row for key, row in sorted(store.rows.items())
+            if key[0] in names and key[1] in by_id and key[2] in seeds and needs_quality(row, models)]
+    clock = time.perf_counter()
+    score_quality(todo, by_id, out, store, clip_model=clip_model, dinov2_model=dinov2_model, batch_size=batch_size,
+                  device=device, progress=progress)
+    timings["metrics"] = round(time.perf_counter() - clock, 2)
 
 
 def image_path(out: Path, model: str, seed: int, item_id: str) -> Path:

@@ -22,6 +22,9 @@ LABELS = {
     "mean_detail_preserving": "mean DP",
     "mean_generation_quality": "mean GQ",
     "sc": "SC", "pq": "PQ", "o": "O",
+    "clip_sim_source": "CLIP source image-caption", "clip_sim_target": "CLIP edit-target caption (CLIP-T)",
+    "clip_sim_dir": "CLIP direction (CLIPdir)", "clip_sim_image": "CLIP source-edit (CLIP-I)",
+    "dinov2_sim": "DINOv2 source-edit (DINO)", "ssim": "SSIM source-edit",
 }
 
 

@@ -10,7 +10,10 @@ multi-reward (Multi-Reward as Condition)
 viescore-edit (VIEScore, as GEdit-Bench reports it)
     ``sc``, ``pq``, ``o``: the means of the per-item scores (0..10; O = sqrt(SC * PQ) per item).
 
-A row whose answer is missing is counted (``missing``) and left out of every figure, never scored.
+With ``--metrics``, UltraEdit's quality metrics (``clip_sim_dir``, ``dinov2_sim``, ``ssim``...) are
+figures too: the mean over the edits that have the value (caption metrics need captions).
+
+A row whose answer is missing is counted (``missing``) and left out of every judge figure, never scored.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from collections.abc import Callable
 
 from editforge.vocabulary import (
     MAX_REWARD,
+    METRIC_NAMES,
     MIN_REWARD,
     MULTI_REWARD,
     PERSPECTIVES,
@@ -41,6 +45,11 @@ FIGURES: dict[str, dict[str, Figure]] = {
         **{f"mean_{p}": ((lambda m, p=p: float(m[p])), (lambda m: 1.0)) for p in PERSPECTIVES},
     },
     VIESCORE_EDIT: {name: ((lambda m, name=name: float(m[name])), (lambda m: 1.0)) for name in VIESCORE_SCORES},
+}
+# quality figure -> (numerator, denominator) of one row's ``quality`` values
+QUALITY_FIGURES: dict[str, Figure] = {
+    name: ((lambda q, name=name: q[name] or 0.0), (lambda q, name=name: float(q[name] is not None)))
+    for name in METRIC_NAMES
 }
 # The figure a report's overview shows, and whether higher is better for each figure.
 HEADLINE = {MULTI_REWARD: "following_accuracy", VIESCORE_EDIT: "o"}
@@ -69,41 +78,51 @@ def summarize(rows: list[dict], rubric: str, seeds: list[int], *, resamples: int
         {"items": 12, "rows": 24, "judged": 23, "missing": 1,
          "figures": {"following_accuracy": {"value": 0.5, "ci95": [0.3, 0.7], "per_seed": {"0": 0.5, "1": 0.5}}}}
     """
-    import numpy as np
+    from .quality import QUALITY
 
-    figures = FIGURES[rubric]
     judged = [r for r in rows if r.get("metrics") is not None]
     items = sorted({r["item"] for r in rows})
     out = {"items": len(items), "rows": len(rows), "judged": len(judged), "missing": len(rows) - len(judged),
            "figures": {}}
-    index = {item: i for i, item in enumerate(sorted({r["item"] for r in judged}))}
-    for name, (numerator, denominator) in figures.items():
-        num = np.zeros(len(index))
-        den = np.zeros(len(index))
-        per_seed_sums = {seed: [0.0, 0.0] for seed in seeds}
-        for row in judged:
-            n, d = numerator(row["metrics"]), denominator(row["metrics"])
-            num[index[row["item"]]] += n
-            den[index[row["item"]]] += d
-            sums = per_seed_sums.setdefault(row["seed"], [0.0, 0.0])
-            sums[0] += n
-            sums[1] += d
-        value = _ratio(num.sum(), den.sum())
-        ci = None
-        if value is not None and len(index) > 1:
-            rng = np.random.default_rng(BOOTSTRAP_SEED)
-            picks = rng.integers(0, len(index), size=(resamples, len(index)))
-            nums, dens = num[picks].sum(axis=1), den[picks].sum(axis=1)
-            stats = nums[dens > 0] / dens[dens > 0]
-            if len(stats):
-                ci = [round(float(np.percentile(stats, 2.5)), 4), round(float(np.percentile(stats, 97.5)), 4)]
-        out["figures"][name] = {
-            "value": None if value is None else round(float(value), 4),
-            "ci95": ci,
-            "per_seed": {str(seed): (None if (v := _ratio(*per_seed_sums[seed])) is None else round(float(v), 4))
-                         for seed in sorted(per_seed_sums)},
-        }
+    figures = [(name, figure, "metrics") for name, figure in FIGURES[rubric].items()]
+    if any(r.get(QUALITY) is not None for r in rows):
+        figures += [(name, figure, QUALITY) for name, figure in QUALITY_FIGURES.items()]
+    for name, (numerator, denominator), source in figures:
+        out["figures"][name] = _figure([r for r in rows if r.get(source) is not None], source, numerator,
+                                       denominator, seeds, resamples)
     return out
+
+
+def _figure(rows: list[dict], source: str, numerator, denominator, seeds: list[int], resamples: int) -> dict:
+    """One figure: the ratio of sums, its bootstrap interval (items resampled) and per-seed values."""
+    import numpy as np
+
+    index = {item: i for i, item in enumerate(sorted({r["item"] for r in rows}))}
+    num = np.zeros(len(index))
+    den = np.zeros(len(index))
+    per_seed_sums = {seed: [0.0, 0.0] for seed in seeds}
+    for row in rows:
+        n, d = numerator(row[source]), denominator(row[source])
+        num[index[row["item"]]] += n
+        den[index[row["item"]]] += d
+        sums = per_seed_sums.setdefault(row["seed"], [0.0, 0.0])
+        sums[0] += n
+        sums[1] += d
+    value = _ratio(num.sum(), den.sum())
+    ci = None
+    if value is not None and len(index) > 1:
+        rng = np.random.default_rng(BOOTSTRAP_SEED)
+        picks = rng.integers(0, len(index), size=(resamples, len(index)))
+        nums, dens = num[picks].sum(axis=1), den[picks].sum(axis=1)
+        stats = nums[dens > 0] / dens[dens > 0]
+        if len(stats):
+            ci = [round(float(np.percentile(stats, 2.5)), 4), round(float(np.percentile(stats, 97.5)), 4)]
+    return {
+        "value": None if value is None else round(float(value), 4),
+        "ci95": ci,
+        "per_seed": {str(seed): (None if (v := _ratio(*per_seed_sums[seed])) is None else round(float(v), 4))
+                     for seed in sorted(per_seed_sums)},
+    }
 
 
 def score_model(rows: list[dict], suite, rubric: str, seeds: list[int]) -> dict:

@@ -14,6 +14,9 @@ benchmark reports them, the subsets it reports separately, and its default rubri
     GEdit-Bench in its Hub layout (``stepfun-ai/GEdit-Bench``: Parquet with ``key``,
     ``task_type``, ``instruction``, ``instruction_language``, ``input_image``,
     ``Intersection_exist``); 11 task groups; subsets EN / CN, full and intersection (viescore-edit).
+``emu-edit[:PATH or Hub id][,split=test|validation]``
+    The Emu Edit test set in its Hub layout (``facebook/emu_edit_test_set``); 7 task groups; its
+    input and output captions feed ``--metrics``' caption metrics (CLIP-T, CLIPdir).
 ``magicbrush:PATH``
     MagicBrush Parquet shards, read by the dataset builder (``MagicBrush``); one group.
 ``PATH``
@@ -43,6 +46,11 @@ GEDIT_HUB_ID = "stepfun-ai/GEdit-Bench"
 GEDIT_COLUMNS = ("key", "task_type", "instruction", "instruction_language", "input_image")
 GEDIT_OPTIONAL = ("Intersection_exist", "input_image_raw")
 SYNTHETIC_SIZES = ((32, 32), (48, 32), (32, 48))
+# Emu Edit's seven task groups, in its paper's order.
+EMU_EDIT_TASKS = ("background", "global", "style", "remove", "add", "local", "texture")
+EMU_EDIT_HUB_ID = "facebook/emu_edit_test_set"
+EMU_EDIT_COLUMNS = ("idx", "instruction", "image", "task", "input_caption", "output_caption")
+EMU_EDIT_SPLITS = ("test", "validation")
 
 
 @dataclass
@@ -144,7 +152,7 @@ def synthetic_suite(cache_dir: str | os.PathLike, *, n: int = 24, seed: int = 10
                 source_image=folder / record["source_image"], task=record["task"], width=width, height=height,
                 tags={"size": f"{width}x{height}"},
                 reference={"ideal_image": str(folder / record["ideal_image"]),
-                           "target_caption": record.get("target_caption")},
+                           "source_caption": record.get("source_caption"), "target_caption": record.get("target_caption")},
             ))
     return Suite("synthetic", items, groups=TASKS, rubric=MULTI_REWARD, judge="oracle")
 
@@ -201,6 +209,35 @@ def gedit_bench_suite(location: str | os.PathLike | None = None, *, language: st
                  rubric=VIESCORE_EDIT)
 
 
+# --- Emu Edit ------------------------------------------------------------------------------------
+
+
+def emu_edit_suite(location: str | os.PathLike | None = None, *, split: str = "test") -> Suite:
+    """The Emu Edit test set from its Hub layout (``facebook/emu_edit_test_set``: ``data/<split>-*.parquet``
+    with ``idx``, ``instruction``, ``image``, ``task``, ``input_caption``, ``output_caption``); the
+    captions are the source and target captions of ``--metrics``. Seven task groups."""
+    from editforge.dataset_builders.builders.parquet_source import image_cell, iter_parquet_rows
+
+    if split not in EMU_EDIT_SPLITS:
+        raise UsageError(f"emu-edit: split must be one of {', '.join(EMU_EDIT_SPLITS)}, got {split!r}")
+    source = _hub_or_local(str(location) if location else "", EMU_EDIT_HUB_ID)
+    pattern = None if source.is_file() else f"data/{split}-*.parquet"
+    items, seen = [], set()
+    for row in iter_parquet_rows(source, pattern, EMU_EDIT_COLUMNS):
+        values = row.values
+        item_id = f"{split}/{values['idx']}"
+        if item_id in seen:
+            raise UsageError(f"{row.name}: item {item_id!r} appears twice")
+        seen.add(item_id)
+        items.append(SuiteItem(
+            id=item_id, instruction=values["instruction"],
+            source_image=image_cell(values["image"], row.file.parent, item_id=item_id, field="image"),
+            task=values["task"],
+            reference={"source_caption": values["input_caption"], "target_caption": values["output_caption"]},
+        ))
+    return Suite("emu-edit", items, groups=EMU_EDIT_TASKS, rubric=MULTI_REWARD)
+
+
 # --- MagicBrush and the canonical layouts ------------------------------------------------------
 
 
@@ -222,10 +259,15 @@ def _canonical_item(row: dict) -> SuiteItem:
     if isinstance(image, dict):
         image = image.get("bytes") if image.get("bytes") is not None else image.get("path")
     return SuiteItem(id=str(row["id"]), instruction=row["instruction"], source_image=image, task=row.get("task"),
-                     width=row.get("width"), height=row.get("height"))
+                     width=row.get("width"), height=row.get("height"), reference=_captions(row))
+
+
+def _captions(row: dict) -> dict:
+    return {name: row.get(name) for name in CAPTIONS if row.get(name)}
 
 
 NEEDED_COLUMNS = ("id", "instruction", "source_image")
+CAPTIONS = ("source_caption", "target_caption")  # what --metrics' caption metrics read
 
 
 def folder_suite(path: str | os.PathLike) -> Suite:
@@ -250,7 +292,8 @@ def folder_suite(path: str | os.PathLike) -> Suite:
                                      f"{', '.join(missing)}")
                 items.append(SuiteItem(id=str(record["id"]), instruction=record["instruction"],
                                        source_image=manifest.parent / record["source_image"], task=record.get("task"),
-                                       width=record.get("width"), height=record.get("height")))
+                                       width=record.get("width"), height=record.get("height"),
+                                       reference=_captions(record)))
         return Suite(manifest.parent.name, items)
     from datasets import Image as ImageFeature
     from datasets import load_dataset
@@ -267,7 +310,7 @@ def folder_suite(path: str | os.PathLike) -> Suite:
     return Suite(path.name, [_canonical_item(row) for row in dataset])
 
 
-SUITES = ("synthetic", "gedit-bench", "magicbrush")
+SUITES = ("synthetic", "gedit-bench", "emu-edit", "magicbrush")
 
 
 def load_suite(spec: str, *, cache_dir: str | os.PathLike = ".", progress: bool = False) -> Suite:
@@ -289,6 +332,10 @@ def load_suite(spec: str, *, cache_dir: str | os.PathLike = ".", progress: bool 
         location, options = _options(rest)
         _check_options(name, options, ("language",))
         suite = gedit_bench_suite(location, language=options.get("language"))
+    elif name == "emu-edit":
+        location, options = _options(rest)
+        _check_options(name, options, ("split",))
+        suite = emu_edit_suite(location, split=options.get("split", "test"))
     elif name == "magicbrush":
         location, options = _options(rest)
         _check_options(name, options, ("source_files",))

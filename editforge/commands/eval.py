@@ -5,11 +5,14 @@ from __future__ import annotations
 from editforge.vocabulary import RUBRIC_NAMES
 
 from .arguments import positive_int
+from .metrics import add_metric_models
 
-HELP = "Evaluate editing pipelines side by side on a suite (synthetic, gedit-bench, magicbrush, a dataset folder)."
+HELP = ("Evaluate editing pipelines side by side on a suite (synthetic, gedit-bench, emu-edit, magicbrush, "
+        "a dataset folder).")
 
 SUITE_HELP = ("synthetic[:n=24,seed=1000,sizes=32x32+48x32+32x48] (the synthetic world, oracle judge); "
               "gedit-bench[:PATH or Hub id][,language=en|cn] (stepfun-ai/GEdit-Bench layout, viescore-edit); "
+              "emu-edit[:PATH or Hub id][,split=test|validation] (facebook/emu_edit_test_set layout); "
               "magicbrush:PATH; or a manifest / canonical dataset folder")
 
 
@@ -40,6 +43,10 @@ def add_arguments(parser) -> None:
                         help="an item whose source image is unreadable: stop (fail, default) or leave it out and count it (skip)")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="run the code a Hub model ships (local folders that ship code are trusted as given)")
+    parser.add_argument("--metrics", action="store_true",
+                        help="also UltraEdit's CLIP / DINOv2 / SSIM metrics of every edit (caption metrics where the "
+                             "suite has captions), reported beside the judge's figures")
+    add_metric_models(parser)
     parser.add_argument("--device", default=None, help="torch device of the pipelines (default: where they load)")
     parser.add_argument("--grid-rows", type=positive_int, default=8, metavar="N", help="items shown in grid.png (default 8)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
@@ -54,6 +61,7 @@ def run(args) -> int:
         judge_model=args.model, seeds=args.seeds, model_args=args.model_args, batch_size=args.batch_size,
         concurrency=args.concurrency, on_error=args.on_error, cache=args.cache, progress=not args.no_progress,
         grid_rows=args.grid_rows, device=args.device, trust_remote_code=args.trust_remote_code or None,
+        metrics=args.metrics, clip_model=args.clip_model, dinov2_model=args.dinov2_model,
     )
     report = render_report(results)
     print(report.split("\n### ", 1)[0].rstrip())

@@ -18,10 +18,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--config", default=None, help="config of DATASET to score (default: its default config)")
     parser.add_argument("--split", default="train", help="split to score (default train)")
     parser.add_argument("--out-config", default=None, help="config name in OUT (default: the same as --config, or default)")
-    parser.add_argument("--clip-model", default=DEFAULT_CLIP_MODEL, metavar="ID",
-                        help=f"CLIPModel checkpoint, id or folder (default {DEFAULT_CLIP_MODEL})")
-    parser.add_argument("--dinov2-model", default=DEFAULT_DINOV2_MODEL, metavar="ID",
-                        help=f"DINOv2 checkpoint, id or folder (default {DEFAULT_DINOV2_MODEL})")
+    add_metric_models(parser)
     parser.add_argument("--dinov2-no-normalize", action="store_true",
                         help="skip the DINOv2 processor's ImageNet normalisation, as UltraEdit's script did")
     parser.add_argument("--batch-size", type=positive_int, default=32, metavar="N", help="triplets per model batch (default 32)")
@@ -35,6 +32,14 @@ def add_arguments(parser) -> None:
                              "results so far are kept) or is left out and counted in the card (skip)")
     add_max_shard_size(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def add_metric_models(parser) -> None:
+    """--clip-model and --dinov2-model (also editforge eval's, for --metrics)."""
+    parser.add_argument("--clip-model", default=DEFAULT_CLIP_MODEL, metavar="ID",
+                        help=f"CLIPModel checkpoint, id or folder (default {DEFAULT_CLIP_MODEL})")
+    parser.add_argument("--dinov2-model", default=DEFAULT_DINOV2_MODEL, metavar="ID",
+                        help=f"DINOv2 checkpoint, id or folder (default {DEFAULT_DINOV2_MODEL})")
 
 
 def run(args) -> int:
