@@ -9,7 +9,8 @@ asked for again). ``run.json`` keeps what the out folder was run with: a rerun w
 for the same model names is refused rather than mixed.
 
 Every edit of an item uses its own generator, seeded from (seed, item id), so a model's edits do not
-depend on the batch they fall in or on the other models of the run.
+depend on the batch they fall in, on the other models of the run or on the process that made them
+(several under ``accelerate launch``: each generates its share, the main process judges).
 """
 
 from __future__ import annotations
@@ -85,9 +86,10 @@ class ItemsFile:
     """``items.jsonl``: one line per judged (model, item, seed), appended as answers arrive.
 
     Reading tolerates a last line cut by a kill (it is dropped, and the row judged again, from the
-    cache); :meth:`compact` rewrites the file with one line per key, in a stable order."""
+    cache); :meth:`compact` rewrites the file with one line per key, in a stable order. Not
+    ``writable``: only read (what the other processes of a run do while the main one appends)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, writable: bool = True):
         self.path = path
         self.rows: dict[tuple, dict] = {}
         self._lock = threading.Lock()
@@ -101,10 +103,10 @@ class ItemsFile:
                     except json.JSONDecodeError:
                         continue
                     self.rows[self.key(row)] = row
-            if good < len(data):
+            if good < len(data) and writable:
                 with open(path, "r+b") as handle:
                     handle.truncate(good)
-        self._handle = open(path, "a", encoding="utf-8")
+        self._handle = open(path, "a", encoding="utf-8") if writable else None
 
     @staticmethod
     def key(row: dict) -> tuple:
@@ -132,7 +134,8 @@ class ItemsFile:
             self._handle = open(self.path, "a", encoding="utf-8")
 
     def close(self) -> None:
-        self._handle.close()
+        if self._handle is not None:
+            self._handle.close()
 
 
 def _check_state(out: Path, suite: Suite, rubric: str, judge_model: str, specs: list[ModelSpec]) -> None:
@@ -207,7 +210,7 @@ def evaluate(models, suite: str | Suite, out: str | os.PathLike, *, rubric: str 
              on_error: str = "fail", cache: str | os.PathLike | None = None, max_side: int = 768,
              policy=None, progress: bool = True, grid_rows: int = 8, device: str | None = None,
              torch_dtype=None, trust_remote_code: bool | None = None, write_outputs: bool = True,
-             metrics: bool = False, clip_model: str | None = None, dinov2_model: str | None = None) -> EvalResults:
+             metrics: bool = False, clip_model: str | None = None, dinov2_model: str | None = None) -> EvalResults | None:
     """Evaluate editing ``models`` on ``suite`` into the folder ``out``; see the module docstring.
 
     ``models``: ``LOCATION`` / ``NAME=LOCATION`` strings or :class:`ModelSpec`; ``model_args``:
@@ -219,6 +222,9 @@ def evaluate(models, suite: str | Suite, out: str | os.PathLike, *, rubric: str 
     Hub model ships (None: only for local folders that ship code); ``metrics``: also UltraEdit's
     CLIP / DINOv2 / SSIM metrics of every edit (:mod:`.quality`; ``clip_model`` / ``dinov2_model``
     default to ``editforge metrics``' models).
+
+    Under ``accelerate launch`` / ``torchrun`` each process generates its share of the edits
+    (:class:`Processes`); the main process returns the results, the others None.
     """
     if on_error not in ON_ERROR_CHOICES:
         raise UsageError(f"on_error must be one of {ON_ERROR_CHOICES}, got {on_error!r}")
@@ -243,35 +249,30 @@ def evaluate(models, suite: str | Suite, out: str | os.PathLike, *, rubric: str 
     if not os.access(out, os.W_OK):
         raise UsageError(f"cannot write to {out}")
     start = time.perf_counter()
-    if not isinstance(suite, Suite):
-        suite = load_suite(str(suite), cache_dir=out / "suite")
-    rubric = rubric or suite.rubric
-    if judge is None and base_url is None and judge_model is None:
-        judge = suite.judge
-    config = JudgeConfig(rubric, judge, base_url, judge_model, cache if cache is not None else out / "cache" / "answers.sqlite",
-                         concurrency, max_side, policy)
-    config.check()
-    endpoint = None if config.judge == ORACLE else config.endpoint()
-    from editforge.dataset_builders.annotation import get_rubric
-
-    rubric_info = get_rubric(rubric)
-    judge_info = {"model": config.model_name(), "rubric": rubric_info.name, "rubric_version": rubric_info.version}
-    _check_state(out, suite, rubric_info.name, judge_info["model"], specs)
-    items, skipped = _check_items(suite, on_error)
+    processes = Processes()
+    device = device or processes.device
+    with processes.main_first():  # the main process writes the suite's cache and checks the state first
+        if not isinstance(suite, Suite):
+            suite = load_suite(str(suite), cache_dir=out / "suite")
+        prepared = _prepare(out, suite, specs, rubric, judge, base_url, judge_model, cache, concurrency, max_side,
+                            policy, on_error, processes)
+    config, endpoint, rubric_info, judge_info, items, skipped, store = prepared
     by_id = {item.id: item for item in items}
-
-    store = ItemsFile(out / ITEMS_FILE)
     timings: dict[str, float] = {}
+    if not processes.is_main:  # generates its share of the edits; the main process does the rest
+        _run(specs, items, seeds, out, store, config, endpoint, rubric_info.name, batch_size, progress, device,
+             torch_dtype, timings, processes)
+        return None
     try:
         if config.judge == ORACLE:
             from editforge.dataset_builders.annotation.server import serve_oracle
 
             with serve_oracle() as oracle_url:
                 _run(specs, items, seeds, out, store, config, (oracle_url, LOOPBACK_KEY), rubric_info.name,
-                     batch_size, progress, device, torch_dtype, timings)
+                     batch_size, progress, device, torch_dtype, timings, processes)
         else:
             _run(specs, items, seeds, out, store, config, endpoint, rubric_info.name, batch_size, progress,
-                 device, torch_dtype, timings)
+                 device, torch_dtype, timings, processes)
         if metrics:
             _score_quality(specs, by_id, seeds, out, store, clip_model, dinov2_model, batch_size, device, progress,
                            timings)
@@ -295,6 +296,27 @@ def evaluate(models, suite: str | Suite, out: str | os.PathLike, *, rubric: str 
     return results
 
 
+def _prepare(out, suite, specs, rubric, judge, base_url, judge_model, cache, concurrency, max_side, policy, on_error,
+             processes):
+    """The judge's settings, the usable items and the items file (read only in other processes than the main)."""
+    rubric = rubric or suite.rubric
+    if judge is None and base_url is None and judge_model is None:
+        judge = suite.judge
+    config = JudgeConfig(rubric, judge, base_url, judge_model, cache if cache is not None else out / "cache" / "answers.sqlite",
+                         concurrency, max_side, policy)
+    config.check()
+    endpoint = None if config.judge == ORACLE else config.endpoint()
+    from editforge.dataset_builders.annotation import get_rubric
+
+    rubric_info = get_rubric(rubric)
+    judge_info = {"model": config.model_name(), "rubric": rubric_info.name, "rubric_version": rubric_info.version}
+    if processes.is_main:
+        _check_state(out, suite, rubric_info.name, judge_info["model"], specs)
+    items, skipped = _check_items(suite, on_error)
+    store = ItemsFile(out / ITEMS_FILE, writable=processes.is_main)
+    return config, endpoint, rubric_info, judge_info, items, skipped, store
+
+
 def _score_quality(specs, by_id, seeds, out, store, clip_model, dinov2_model, batch_size, device, progress,
                    timings) -> None:
     from editforge.dataset_builders.metrics import DEFAULT_CLIP_MODEL, DEFAULT_DINOV2_MODEL
@@ -316,15 +338,57 @@ def image_path(out: Path, model: str, seed: int, item_id: str) -> Path:
     return out / "images" / model / f"seed{seed}" / f"{_file_stem(item_id)}.png"
 
 
-def _run(specs, items, seeds, out, store, config, endpoint, rubric, batch_size, progress, device,
-         torch_dtype, timings) -> None:
-    import torch
+class Processes:
+    """The processes of a run started by ``accelerate launch`` / ``torchrun`` (one, otherwise).
 
-    # What is left to do: edits to generate, and written edits not judged yet.
-    to_generate: dict[str, list[tuple[SuiteItem, int]]] = {}
+    Each (model, item, seed) belongs to one process, by a hash of its key (so the shares do not
+    depend on what earlier runs finished); each process generates its own share. The main process
+    judges, scores and writes every file but the edits: it judges its own edits while it generates
+    them, and the others' once every process has generated its share.
+    """
+
+    def __init__(self):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank, self.state = 0, None
+        if self.world > 1:
+            import torch
+            from accelerate import PartialState
+
+            self.state = PartialState(cpu=not torch.cuda.is_available())
+            self.rank = self.state.process_index
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def device(self):
+        return None if self.state is None else self.state.device
+
+    def owns(self, key: tuple) -> bool:
+        if self.world == 1:
+            return True
+        digest = hashlib.sha256(json.dumps(list(key), ensure_ascii=False).encode()).digest()
+        return int.from_bytes(digest[:8], "big") % self.world == self.rank
+
+    def main_first(self):
+        import contextlib
+
+        return self.state.main_process_first() if self.state is not None else contextlib.nullcontext()
+
+    def wait(self) -> None:
+        if self.state is not None:
+            self.state.wait_for_everyone()
+
+
+def _run(specs, items, seeds, out, store, config, endpoint, rubric, batch_size, progress, device,
+         torch_dtype, timings, processes: Processes) -> None:
+    # What is left to do: edits to generate here, edits other processes generate, and written
+    # edits not judged yet.
+    to_generate: dict[str, list[tuple[SuiteItem, int]]] = {spec.name: [] for spec in specs}
     to_judge: list[dict] = []
+    theirs: list[dict] = []
     for spec in specs:
-        to_generate[spec.name] = []
         for seed in seeds:
             for item in items:
                 key = (spec.name, item.id, seed)
@@ -332,11 +396,24 @@ def _run(specs, items, seeds, out, store, config, endpoint, rubric, batch_size, 
                     continue
                 if image_path(out, spec.name, seed, item.id).is_file():
                     to_judge.append(_row(spec, item, seed, out))
-                else:
+                elif processes.owns(key):
                     to_generate[spec.name].append((item, seed))
+                else:
+                    theirs.append(_row(spec, item, seed, out))
     generate_total = sum(len(v) for v in to_generate.values())
-    bars = _Bars(generate_total, generate_total + len(to_judge), progress)
     images = {item.id: item.source_image for item in items}
+    if processes.world > 1:
+        print(f"eval: process {processes.rank} of {processes.world} makes {generate_total} edit(s)", flush=True)
+    if not processes.is_main:
+        bars = _Bars(generate_total, 0, False)
+        try:
+            timings["generation"] = _generate(specs, to_generate, out, batch_size, progress, device, torch_dtype, bars,
+                                              submit=lambda rows: None)
+        finally:
+            bars.close()
+        processes.wait()
+        return
+    bars = _Bars(generate_total, generate_total + len(to_judge) + len(theirs), progress)
 
     def on_result(row: dict, judged: dict) -> None:
         answer = judged.get("rewards")
@@ -346,60 +423,18 @@ def _run(specs, items, seeds, out, store, config, endpoint, rubric, batch_size, 
         bars.judged()
 
     worker = JudgeWorker(config, *endpoint, on_result).start()
-    generate_seconds = 0.0
     try:
         worker.submit(to_judge, images)
-        pipelines: dict[str, Any] = {}
-        for index, spec in enumerate(specs):
-            pending = to_generate[spec.name]
-            if not pending:
-                continue
-            folder = outputs_folder(spec)
-            if folder is not None:  # edits made elsewhere: copied in, then judged like the others
-                rows = []
-                for item, seed in pending:
-                    found = [p for p in (folder / f"seed{seed}" / f"{_file_stem(item.id)}.png",
-                                         folder / f"{_file_stem(item.id)}.png") if p.is_file()]
-                    if not found:
-                        raise UsageError(f"model {spec.name}: no edit of item {item.id!r} (seed {seed}) in {folder}")
-                    path = image_path(out, spec.name, seed, item.id)
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    partial = path.with_name(path.name + ".partial")
-                    _open_rgb(found[0]).save(partial, format="PNG")
-                    os.replace(partial, path)
-                    rows.append(_row(spec, item, seed, out))
-                    bars.generate.update(1)
-                worker.submit(rows, images)
-                continue
-            if spec.location not in pipelines:
-                pipelines[spec.location] = load_pipeline(spec, torch_dtype=torch_dtype, device=device,
-                                                         progress=progress)
-            pipe = pipelines[spec.location]
-            # batches of one seed and one image size, in suite order
-            groups: dict[tuple, list[SuiteItem]] = {}
-            for item, seed in pending:
-                groups.setdefault((seed, item.width, item.height), []).append(item)
-            for (seed, _, _), group in groups.items():
-                for begin in range(0, len(group), batch_size):
-                    batch = group[begin: begin + batch_size]
-                    clock = time.perf_counter()
-                    generators = [torch.Generator(device="cpu").manual_seed(item_seed(seed, item.id)) for item in batch]
-                    result = pipe(prompt=[item.instruction for item in batch],
-                                  image=[_open_rgb(item.source_image) for item in batch],
-                                  generator=generators, output_type="pil", **spec.call_args)
-                    rows = []
-                    for item, image in zip(batch, result.images):
-                        path = image_path(out, spec.name, seed, item.id)
-                        path.parent.mkdir(parents=True, exist_ok=True)
-                        partial = path.with_name(path.name + ".partial")
-                        image.save(partial, format="PNG")
-                        os.replace(partial, path)
-                        rows.append(_row(spec, item, seed, out))
-                    generate_seconds += time.perf_counter() - clock
-                    bars.generate.update(len(batch))
-                    worker.submit(rows, images)
-            if all(s.location != spec.location for s in specs[index + 1:]):
-                del pipelines[spec.location]  # free its memory before the next model loads
+        timings["generation"] = _generate(specs, to_generate, out, batch_size, progress, device, torch_dtype, bars,
+                                          submit=lambda rows: worker.submit(rows, images))
+        if theirs:
+            processes.wait()  # every process has written its share
+            missing = [row["id"] for row in theirs if not Path(row["edited_image"]).is_file()]
+            if missing:
+                raise UsageError(f"{len(missing)} edit(s) another process should have made are missing, e.g. {missing[0]}")
+            worker.submit(theirs, images)
+        else:
+            processes.wait()
         wait = time.perf_counter()
         worker.close()
         timings["judge_wait_after_generation"] = round(time.perf_counter() - wait, 2)
@@ -408,7 +443,64 @@ def _run(specs, items, seeds, out, store, config, endpoint, rubric, batch_size, 
         raise
     finally:
         bars.close()
-    timings["generation"] = round(generate_seconds, 2)
+
+
+def _write_png(image, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    image.save(partial, format="PNG")
+    os.replace(partial, path)
+
+
+def _generate(specs, to_generate, out, batch_size, progress, device, torch_dtype, bars, submit) -> float:
+    """Make the edits of ``to_generate`` (each written atomically), handing each batch's rows to
+    ``submit``; returns the seconds spent in the pipelines."""
+    import torch
+
+    generate_seconds = 0.0
+    pipelines: dict[str, Any] = {}
+    for index, spec in enumerate(specs):
+        pending = to_generate[spec.name]
+        if not pending:
+            continue
+        folder = outputs_folder(spec)
+        if folder is not None:  # edits made elsewhere: copied in, then judged like the others
+            rows = []
+            for item, seed in pending:
+                found = [p for p in (folder / f"seed{seed}" / f"{_file_stem(item.id)}.png",
+                                     folder / f"{_file_stem(item.id)}.png") if p.is_file()]
+                if not found:
+                    raise UsageError(f"model {spec.name}: no edit of item {item.id!r} (seed {seed}) in {folder}")
+                _write_png(_open_rgb(found[0]), image_path(out, spec.name, seed, item.id))
+                rows.append(_row(spec, item, seed, out))
+                bars.generate.update(1)
+            submit(rows)
+            continue
+        if spec.location not in pipelines:
+            pipelines[spec.location] = load_pipeline(spec, torch_dtype=torch_dtype, device=device, progress=progress)
+        pipe = pipelines[spec.location]
+        # batches of one seed and one image size, in suite order
+        groups: dict[tuple, list[SuiteItem]] = {}
+        for item, seed in pending:
+            groups.setdefault((seed, item.width, item.height), []).append(item)
+        for (seed, _, _), group in groups.items():
+            for begin in range(0, len(group), batch_size):
+                batch = group[begin: begin + batch_size]
+                clock = time.perf_counter()
+                generators = [torch.Generator(device="cpu").manual_seed(item_seed(seed, item.id)) for item in batch]
+                result = pipe(prompt=[item.instruction for item in batch],
+                              image=[_open_rgb(item.source_image) for item in batch],
+                              generator=generators, output_type="pil", **spec.call_args)
+                rows = []
+                for item, image in zip(batch, result.images):
+                    _write_png(image, image_path(out, spec.name, seed, item.id))
+                    rows.append(_row(spec, item, seed, out))
+                generate_seconds += time.perf_counter() - clock
+                bars.generate.update(len(batch))
+                submit(rows)
+        if all(s.location != spec.location for s in specs[index + 1:]):
+            del pipelines[spec.location]  # free its memory before the next model loads
+    return round(generate_seconds, 2)
 
 
 def _row(spec: ModelSpec, item: SuiteItem, seed: int, out: Path) -> dict:

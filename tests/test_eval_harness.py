@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,27 @@ def test_two_custom_code_pipelines_in_one_run(models, tmp_path):
     assert set(results.models) == {"reward", "sd3"}
     lines = (tmp_path / "out" / "items.jsonl").read_text().splitlines()
     assert len(lines) == 2 * 3
+
+
+def test_two_processes_share_the_edits_and_give_the_numbers_of_one(models, tmp_path):
+    """torchrun --nproc_per_node 2 (what accelerate launch starts): each process makes its share of
+    the edits, the main one judges them all; the figures are those of a one-process run."""
+    from torchrun import run_torchrun
+
+    common = ["--suite", "synthetic:n=6", "--seeds", "0,1", "--model-args", "steps=2", "--batch-size", "4",
+              "--no-progress"]
+    result = run_torchrun(["-m", "editforge.cli", "eval", f"plain={models / 'plain'}", "--out", str(tmp_path / "two"),
+                           *common])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("wrote ") == 1  # one report, by the main process
+    shares = sorted(int(n) for n in re.findall(r"eval: process \d of 2 makes (\d+) edit", result.stdout))
+    assert len(shares) == 2 and sum(shares) == 12 and shares[0] > 0
+    lines = [json.loads(line) for line in (tmp_path / "two" / "items.jsonl").read_text().splitlines()]
+    assert len(lines) == 12 == len({(r["item"], r["seed"]) for r in lines})
+    one = evaluate([f"plain={models / 'plain'}"], "synthetic:n=6", tmp_path / "one", seeds=[0, 1], model_args=STEPS,
+                   batch_size=4, progress=False)
+    two = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert two["models"]["plain"]["subsets"] == one.models["plain"]["subsets"]
 
 
 def test_rerun_of_a_finished_run_generates_and_judges_nothing(models, tmp_path):

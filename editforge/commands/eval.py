@@ -63,6 +63,8 @@ def run(args) -> int:
         grid_rows=args.grid_rows, device=args.device, trust_remote_code=args.trust_remote_code or None,
         metrics=args.metrics, clip_model=args.clip_model, dinov2_model=args.dinov2_model,
     )
+    if results is None:  # another process than the main one of accelerate launch: it made its share
+        return 0
     report = render_report(results)
     print(report.split("\n### ", 1)[0].rstrip())
     print(f"\nwrote {results.out}/results.json, items.jsonl, report.md, grid.png")
