@@ -257,3 +257,68 @@ def test_cached_latents_train_as_the_pipeline_encodes(workspace, tmp_path, monke
     uncached = main(args(workspace, tmp_path / "plain", *common, steps=3))["losses"]
     assert sorted(cached) == [1, 2, 3]
     assert all(abs(cached[s] - uncached[s]) <= 1e-5 * abs(uncached[s]) for s in cached), (cached, uncached)
+
+
+def test_cached_text_embeddings_train_as_encoding_every_step(workspace, tmp_path):
+    from editforge.training.train_sd3_pix2pix import main
+
+    common = ("--with_mask", "--conditioning_dropout_prob", "0.2")
+    cached = main(args(workspace, tmp_path / "cached", *common, "--cache_text_embeddings", steps=3))["losses"]
+    plain = main(args(workspace, tmp_path / "plain", *common, steps=3))["losses"]
+    assert sorted(cached) == [1, 2, 3]
+    assert all(abs(cached[s] - plain[s]) <= 1e-5 * abs(plain[s]) for s in cached), (cached, plain)
+
+
+def test_an_ultraedit_release_built_by_build_dataset_trains_with_masks(tmp_path, workspace):
+    """UltraEdit's free-form and region shards, as build-dataset --format ultraedit writes them: region
+    rows bring their mask, free-form rows an all-white one, and the model trains on both."""
+    from source_layouts import write_ultraedit
+
+    from editforge.dataset_builders import build_dataset
+    from editforge.training.data import EditExamples, example_shapes, load_edit_dataset
+    from editforge.training.train_sd3_pix2pix import main
+
+    write_ultraedit(tmp_path / "UltraEdit", n_free=2, n_region=2)
+    build_dataset("ultraedit", tmp_path / "UltraEdit", tmp_path / "built", progress=False)
+    dataset = load_edit_dataset(str(tmp_path / "built"))
+    examples = EditExamples(dataset, example_shapes(dataset, 32, False), with_mask=True)
+    for i, row in enumerate(dataset):
+        mask = examples[i]["mask"]
+        if row["task"] == "free_form":
+            assert bool((mask == 1).all())
+        else:
+            assert 0 < float((mask > 0).float().mean()) < 1  # the region, not everywhere
+    argv = args(workspace, tmp_path / "run", "--with_mask", "--train_batch_size", "2", steps=2)
+    argv[argv.index("--dataset_name") + 1] = str(tmp_path / "built")
+    losses = main(argv)["losses"]
+    assert sorted(losses) == [1, 2] and all(np.isfinite(v) for v in losses.values())
+
+
+def test_validation_grids_of_a_mask_model_show_the_mask_it_was_given(workspace, tmp_path):
+    """Each row: source, mask (white for a free-form row), and the edit the pipeline makes with that mask."""
+    from datasets import load_dataset
+    from PIL import Image
+
+    from editforge.training.data import fit
+    from editforge.training.train_sd3_pix2pix import main
+
+    n = 4
+    out = tmp_path / "masked"
+    trained = main(args(workspace, out, "--full", "--with_mask", "--num_validation_images", str(n),
+                        "--validation_steps", "0", "--validation_inference_steps", "2", steps=1),
+                   keep_pipeline=True)["pipeline"]
+    grid = np.asarray(Image.open(out / "validation" / "step-000001.png"))
+    assert grid.shape == (32 * n, 32 * 3, 3)
+    rows = load_dataset(str(workspace / "dataset"), split="train")
+    assert any(rows[i]["mask_image"] is None for i in range(n)) and any(rows[i]["mask_image"] is not None for i in range(n))
+    for i in range(n):
+        row = rows[i]
+        (source,) = fit([row["source_image"].convert("RGB")], 32, 32)
+        mask = None
+        if row["mask_image"] is not None:
+            (mask,) = fit([row["mask_image"].convert("L").convert("RGB")], 32, 32)
+        tile = grid[32 * i: 32 * (i + 1)]
+        assert np.array_equal(tile[:, 32:64], np.asarray(mask) if mask is not None else np.full((32, 32, 3), 255))
+        edited = trained(row["instruction"], image=source, mask_image=mask, num_inference_steps=2, guidance_scale=7.0,
+                         image_guidance_scale=1.5, generator=torch.Generator().manual_seed(i)).images[0]
+        assert np.array_equal(tile[:, 64:], np.asarray(edited))

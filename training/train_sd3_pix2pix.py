@@ -54,6 +54,9 @@ class SD3Pix2PixConfig(EditingConfig, FlowMatchingObjectiveConfig, TrainingConfi
         "condition latents: unscaled (UltraEdit) or scaled_shifted (diffusers' community SD3 InstructPix2Pix);"
         " default: the editing checkpoint's, or unscaled", default=None)
     validation_guidance_scale: float = help_field("text guidance of validation images", default=7.0)
+    cache_text_embeddings: bool = help_field(
+        "encode every instruction once before training (the text encoders then sit idle; the embeddings of"
+        " each distinct instruction are kept in memory)", default=False)
 
     def validate(self) -> None:
         super().validate()
@@ -134,6 +137,18 @@ def load_base(config):
     return pipe
 
 
+@torch.no_grad()
+def cache_text_embeddings(dataset, encode_prompts, batch_size: int = 32) -> dict:
+    """``{instruction: (embeddings, pooled)}`` of every distinct instruction of ``dataset``."""
+    instructions = sorted(set(dataset["instruction"]))
+    cache = {}
+    for begin in range(0, len(instructions), batch_size):
+        chunk = instructions[begin: begin + batch_size]
+        embeds, pooled = encode_prompts(chunk)
+        cache.update({text: (e, q) for text, e, q in zip(chunk, embeds, pooled)})
+    return cache
+
+
 def make_collate(with_mask: bool):
     def collate(examples):
         batch = {"index": torch.tensor([e["index"] for e in examples]),
@@ -201,6 +216,13 @@ def main(argv: list[str] | SD3Pix2PixConfig | None = None, keep_pipeline: bool =
 
     with torch.no_grad():
         null_embeds, null_pooled = encode_prompts([""])
+    text_cache = cache_text_embeddings(dataset, encode_prompts) if config.cache_text_embeddings else None
+
+    def prompt_embeddings(prompts):
+        if text_cache is None:
+            return encode_prompts(prompts)
+        return (torch.stack([text_cache[p][0] for p in prompts]).to(device),
+                torch.stack([text_cache[p][1] for p in prompts]).to(device))
 
     def compute_loss(batch, generator):
         with torch.no_grad():
@@ -213,7 +235,7 @@ def main(argv: list[str] | SD3Pix2PixConfig | None = None, keep_pipeline: bool =
                 latents = (edited - shift) * scale
                 condition = [pipe.encode_condition_image(batch[k].to(device)) for k in conditions]
             condition = torch.cat(condition, dim=1).to(latents.dtype)
-            embeds, pooled = encode_prompts(batch["instruction"])
+            embeds, pooled = prompt_embeddings(batch["instruction"])
         step = flow_matching_batch(scheduler, latents, generator, config.weighting_scheme, loss_weighting=config.loss_weighting,
                                    logit_mean=config.logit_mean, logit_std=config.logit_std, mode_scale=config.mode_scale)
         text_drop, image_keep = ip2p_conditioning_dropout(len(latents), config.conditioning_dropout_prob, generator, device)
@@ -243,7 +265,8 @@ def main(argv: list[str] | SD3Pix2PixConfig | None = None, keep_pipeline: bool =
 
     def validate(step: int):
         if trainer.is_main_process and rows:
-            write_validation_grid(trainer, step, rows, edit_renderer(config, build_pipeline(None)))
+            write_validation_grid(trainer, step, rows, edit_renderer(config, build_pipeline(None),
+                                                                     with_mask=config.with_mask))
 
     result = trainer.train(compute_loss, validate)
     training = output.training_card_fields(config, result, dataset, denoiser="transformer")

@@ -9,7 +9,8 @@ import numpy as np
 
 
 def write_validation_grid(trainer, step: int, rows: Sequence, render: Callable[[int, object], tuple]) -> Path:
-    """``render(i, row) -> (input PIL image, output PIL image)`` for every row; the tiles go into
+    """``render(i, row) -> (input PIL image, ..., output PIL image)`` for every row (the inputs, such as
+    a source and its mask, then the output; each tile at the first one's size); the rows go into
     ``<output_dir>/validation/step-<step>.png`` and to the trackers (images to TensorBoard / W&B,
     the file's path to the JSONL log)."""
     from PIL import Image
@@ -18,8 +19,9 @@ def write_validation_grid(trainer, step: int, rows: Sequence, render: Callable[[
     folder.mkdir(parents=True, exist_ok=True)
     tiles = []
     for i, row in enumerate(rows):
-        source, output = render(i, row)
-        tiles.append(np.concatenate([np.asarray(source), np.asarray(output.resize(source.size))], axis=1))
+        first, *rest = render(i, row)
+        tiles.append(np.concatenate([np.asarray(first)] + [np.asarray(t.convert("RGB").resize(first.size)) for t in rest],
+                                    axis=1))
     grid = Image.fromarray(np.concatenate(tiles, axis=0))
     path = folder / f"step-{step:06d}.png"
     grid.save(path)
@@ -41,19 +43,29 @@ def validation_rows(config, dataset, load_split: Callable[[str], object]) -> lis
     return [dataset[i] for i in range(min(config.num_validation_images, len(dataset)))]
 
 
-def edit_renderer(config, pipe, **call_kwargs) -> Callable[[int, object], tuple]:
-    """``render`` for an editing pipeline: each row's source image (fitted to the resolution) and
-    the pipeline's edit of it by the row's instruction, seeded by (seed + row number)."""
+def edit_renderer(config, pipe, with_mask: bool = False, **call_kwargs) -> Callable[[int, object], tuple]:
+    """``render`` for an editing pipeline: each row's source image (fitted to the resolution), with
+    ``with_mask`` its region mask (fitted the same way; white, edit everywhere, for a free-form row,
+    which the pipeline gets as ``mask_image=None``), and the pipeline's edit of it by the row's
+    instruction, seeded by (seed + row number)."""
     import torch
+    from PIL import Image
 
     from .data import fit
 
     def render(i, row):
         (source,) = fit([row["source_image"].convert("RGB")], config.resolution, config.resolution)
+        extra, tiles = dict(call_kwargs), [source]
+        if with_mask:
+            mask = row.get("mask_image")
+            if mask is not None:
+                (mask,) = fit([mask.convert("L").convert("RGB")], config.resolution, config.resolution)
+            extra["mask_image"] = mask
+            tiles.append(mask if mask is not None else Image.new("RGB", source.size, "white"))
         edited = pipe(row["instruction"], image=source, num_inference_steps=config.validation_inference_steps,
                       guidance_scale=config.validation_guidance_scale,
                       image_guidance_scale=config.validation_image_guidance_scale,
-                      generator=torch.Generator().manual_seed(config.seed + i), **call_kwargs).images[0]
-        return source, edited
+                      generator=torch.Generator().manual_seed(config.seed + i), **extra).images[0]
+        return (*tiles, edited)
 
     return render
