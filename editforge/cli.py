@@ -29,6 +29,7 @@ COMMANDS = [
     ("demo", "editforge.commands.demo"),
     ("synth", "editforge.commands.synth"),
     ("annotate", "editforge.commands.annotate"),
+    ("generate-prompts", "editforge.commands.generate_prompts"),
     ("build-dataset", "editforge.commands.build_dataset"),
     ("metrics", "editforge.commands.metrics"),
     ("filter", "editforge.commands.filter"),

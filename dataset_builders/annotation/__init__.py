@@ -9,7 +9,8 @@ Batch API), plus a loopback server that serves the synthetic world's oracle as a
 
 Modules: ``rubrics`` (prompts, schemas, validation), ``images`` (downscaling, data URLs),
 ``client`` (the one async judge client), ``cache`` (SQLite answer cache), ``batch`` (Batch
-API), ``sources`` (manifests), ``engine`` (the run), ``server`` (loopback OpenAI-compatible server on
+API), ``sources`` (manifests), ``engine`` (the run), ``jobs`` (ready-made text requests answered once,
+for other jobs such as the prompt generator), ``server`` (loopback OpenAI-compatible server on
 aiohttp, serving any responder), ``responders`` (the responder interface and the built-in judges).
 """
 
@@ -18,6 +19,7 @@ from .cache import AnswerCache, cache_key, default_cache_path
 from .client import JudgeClient, JudgeOutcome, JudgeUnavailable, RetryPolicy, Usage
 from .engine import AnnotationReport, Annotator, MissingRewards, Pricing, annotate_manifest, annotate_source
 from .images import ImageError, PreparedImage, prepare_image
+from .jobs import JobAnswers, ask_all
 from .rubrics import MULTI_REWARD, RUBRICS, VIESCORE_EDIT, InvalidAnswer, Rubric, get_rubric
 from .sources import TripletSource, manifest_source, open_source
 
@@ -41,6 +43,7 @@ __all__ = [
     "JudgeClient", "JudgeOutcome", "JudgeUnavailable", "RetryPolicy", "Usage",
     "AnnotationReport", "Annotator", "MissingRewards", "Pricing", "annotate_manifest", "annotate_source",
     "ImageError", "PreparedImage", "prepare_image",
+    "JobAnswers", "ask_all",
     "MULTI_REWARD", "RUBRICS", "VIESCORE_EDIT", "InvalidAnswer", "Rubric", "get_rubric",
     "ChatRequest", "ConstantResponder", "FaultPlan", "JudgeResponder", "LoopbackServer", "OracleResponder",
     "ResponderError", "serve", "serve_oracle",

@@ -3,7 +3,8 @@
 A SQLite database in WAL mode, one row per answer, committed on its own: killing the process at
 any moment loses nothing that was stored, and a run of the same command asks again only for
 what had not arrived. The key (:func:`cache_key`) is a SHA-256 over everything that determines
-the answer: model, rubric, rubric version, instruction and the exact bytes of both images sent.
+the answer: model, rubric, rubric version, instruction and the exact bytes of both images sent
+(for other answer formats, such as the prompt generator's: model, format, version and request).
 
 The cache also remembers the Batch API jobs it has submitted (:meth:`AnswerCache.add_batch`), so
 an interrupted ``--batch`` run picks up its batches instead of paying for them again.
@@ -51,10 +52,11 @@ def default_cache_path() -> Path:
     return Path(root) / "editforge" / "annotations.sqlite"
 
 
-def cache_key(model: str, rubric: str, rubric_version: str, instruction: str, source: bytes, edited: bytes) -> str:
-    """SHA-256 (hex) over the model, rubric, rubric version, instruction and both images' bytes."""
+def cache_key(model: str, rubric: str, rubric_version: str, instruction: str, *payloads: bytes) -> str:
+    """SHA-256 (hex) over the model, rubric (or other answer format), its version, the request's
+    text and its payloads (a triplet's: both images' bytes), each length-prefixed."""
     digest = hashlib.sha256()
-    for part in (model.encode(), rubric.encode(), rubric_version.encode(), instruction.encode(), source, edited):
+    for part in (model.encode(), rubric.encode(), rubric_version.encode(), instruction.encode(), *payloads):
         digest.update(len(part).to_bytes(8, "little"))
         digest.update(part)
     return digest.hexdigest()

@@ -3,6 +3,8 @@ retries and token usage, over the official ``openai`` async client.
 
 One chat-completion request per triplet returns all of a rubric's scores, constrained by the
 rubric's JSON schema (``response_format`` of type ``json_schema``) and validated again here.
+Other jobs (the prompt generator) bring their own answer format and build their own messages;
+transport, retries, validation and usage are the same.
 
 Retries (:class:`RetryPolicy`) are ours, not the SDK's (it runs with ``max_retries=0``), so that
 one policy covers both kinds of trouble:
@@ -171,6 +173,11 @@ def describe_status_error(err) -> str:
 class JudgeClient:
     """Judges triplets with one rubric and one model through an OpenAI-compatible endpoint.
 
+    ``rubric`` is a rubric name or :class:`~.rubrics.Rubric`, or any other *answer format*: an
+    object with ``name`` and ``version`` (they scope the cache), ``response_format`` and
+    ``parse(content) -> dict`` (raising InvalidAnswer), such as the prompt generator's; its
+    requests are built with :meth:`chat_body`.
+
     ``base_url``/``api_key`` default to ``OPENAI_BASE_URL``/``OPENAI_API_KEY`` (the SDK's
     rules). The key is only ever sent as the Authorization header; every error message this
     client records is scrubbed of it.
@@ -183,7 +190,7 @@ class JudgeClient:
         import httpx2
         import openai
 
-        self.rubric = get_rubric(rubric)
+        self.rubric = get_rubric(rubric) if isinstance(rubric, str) else rubric
         self.model = model
         self.policy = policy or RetryPolicy()
         self.max_completion_tokens = max_completion_tokens
@@ -204,18 +211,25 @@ class JudgeClient:
 
     # Requests and answers -------------------------------------------------------------------
 
-    def request_body(self, instruction: str, source: PreparedImage, edited: PreparedImage) -> dict:
-        """The chat-completion body for one triplet (also the ``body`` of a Batch API line)."""
+    def chat_body(self, messages: list[dict], **options) -> dict:
+        """A chat-completion body asking for this client's answer format (also the ``body`` of a
+        Batch API line); ``options`` add request fields (``seed``...)."""
         return {
             "model": self.model,
-            "messages": self.rubric.messages(instruction, source.data_url, edited.data_url),
+            "messages": messages,
             "response_format": self.rubric.response_format,
             "temperature": 0,
             "max_completion_tokens": self.max_completion_tokens,
+            **options,
         }
 
+    def request_body(self, instruction: str, source: PreparedImage, edited: PreparedImage) -> dict:
+        """The chat-completion body for one triplet (also the ``body`` of a Batch API line)."""
+        return self.chat_body(self.rubric.messages(instruction, source.data_url, edited.data_url))
+
     def rewards_of(self, completion: dict) -> dict:
-        """The rewards in a chat completion (a dict as the API returns it); InvalidAnswer if none."""
+        """The parsed answer (a rubric's rewards) in a chat completion (a dict as the API returns
+        it); InvalidAnswer if none."""
         choices = completion.get("choices") if isinstance(completion, dict) else None
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
             raise InvalidAnswer("the completion has no choices")

@@ -19,7 +19,6 @@ same command again only asks for what is not in the cache.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import time
 from collections import Counter
@@ -36,6 +35,7 @@ from ..manifest import write_manifest
 from .cache import AnswerCache, cache_key, default_cache_path
 from .client import DEFAULT_MODEL, JudgeClient, JudgeOutcome, RetryPolicy, Usage
 from .images import DEFAULT_MAX_SIDE, ImageError, PreparedImage, convert, pass_through, read_image
+from .jobs import run_together
 from .rubrics import get_rubric
 from .sources import TripletSource, open_source
 
@@ -84,14 +84,17 @@ class AnnotationReport:
         lines = [
             f"{self.total} items in {self.elapsed:.1f} s ({rate:.1f} items/s, {mode}, {self.model}, {self.rubric}): "
             f"{self.judged} judged, {self.cached} from the cache, {self.failed} missing",
-            f"tokens this run: {self.usage.prompt_tokens} in + {self.usage.completion_tokens} out; "
-            f"estimated cost ${self.cost:.4f}",
         ]
-        for error, count in self.errors.most_common(5):
-            lines.append(f"  {count} x {error}")
-        if self.output is not None:
-            lines.append(f"wrote {self.output}")
-        return "\n".join(lines)
+        return "\n".join(lines + cost_lines(self.usage, self.cost, self.errors, self.output))
+
+
+def cost_lines(usage: Usage, cost: float, errors: Counter, output: Path | None) -> list[str]:
+    """The end of a job's summary: tokens and cost, the commonest errors, where it wrote."""
+    lines = [f"tokens this run: {usage.prompt_tokens} in + {usage.completion_tokens} out; estimated cost ${cost:.4f}"]
+    lines += [f"  {count} x {error}" for error, count in errors.most_common(5)]
+    if output is not None:
+        lines.append(f"wrote {output}")
+    return lines
 
 
 class MissingRewards(EditforgeError):
@@ -135,17 +138,6 @@ def _short(error: str) -> str:
     if error.startswith(IMAGE_PAIR):
         return "unreadable image"
     return error.split(";")[0].split(": ")[0]
-
-
-async def _run_together(coroutines) -> None:
-    """Run coroutines concurrently; the first failure cancels the others and is raised."""
-    tasks = [asyncio.ensure_future(c) for c in coroutines]
-    try:
-        await asyncio.gather(*tasks)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class Annotator:
@@ -270,7 +262,7 @@ class Annotator:
 
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="annotate-images") as pool, \
                 self._bar(source.total, "annotate") as bar:
-            await _run_together([produce()] + [work(pool, bar) for _ in range(self.concurrency)])
+            await run_together([produce()] + [work(pool, bar) for _ in range(self.concurrency)])
         return ledger
 
     # Batch mode ------------------------------------------------------------------------------

@@ -53,9 +53,10 @@ class InvalidAnswer(ValueError):
 
 
 # --------------------------------------------------------------------------------------------
-# A small JSON-schema validator for the subset the rubrics use (object, string, integer with
-# minimum/maximum, required, additionalProperties false). The same schema goes to the endpoint
-# as the structured-output format, so what is asked and what is checked cannot drift apart.
+# A small JSON-schema validator for the subset the answer formats use (object, array of
+# ``items``, string, integer with minimum/maximum, required, additionalProperties false). The
+# same schema goes to the endpoint as the structured-output format, so what is asked and what is
+# checked cannot drift apart.
 
 
 def validate(value: Any, schema: dict, path: str = "answer") -> Any:
@@ -76,6 +77,10 @@ def validate(value: Any, schema: dict, path: str = "answer") -> Any:
             raise InvalidAnswer(f"{path}: unexpected {', '.join(extra)}")
         return {name: validate(value[name], properties[name], f"{path}.{name}")
                 for name in properties if name in value}
+    if kind == "array":
+        if not isinstance(value, list):
+            raise InvalidAnswer(f"{path}: expected an array, got {type(value).__name__}")
+        return [validate(item, schema["items"], f"{path}[{i}]") for i, item in enumerate(value)]
     if kind == "string":
         if not isinstance(value, str):
             raise InvalidAnswer(f"{path}: expected a string, got {type(value).__name__}")
@@ -95,6 +100,16 @@ def validate(value: Any, schema: dict, path: str = "answer") -> Any:
 
 def _object(properties: dict) -> dict:
     return {"type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}
+
+
+def json_answer(content: str | None) -> Any:
+    """The JSON value of an answer's text; InvalidAnswer when it is empty or not JSON."""
+    if not isinstance(content, str) or not content.strip():
+        raise InvalidAnswer("empty answer" if not content else f"expected the answer as text, got {type(content).__name__}")
+    try:
+        return json.loads(content)
+    except json.JSONDecodeError as err:
+        raise InvalidAnswer(f"answer is not JSON ({err.msg} at character {err.pos})") from None
 
 
 def _score(low: int, high: int) -> dict:
@@ -143,13 +158,7 @@ class Rubric:
 
     def parse(self, content: str | None) -> dict:
         """The rewards of an answer's text; InvalidAnswer when it is not a valid answer."""
-        if not isinstance(content, str) or not content.strip():
-            raise InvalidAnswer("empty answer" if not content else f"expected the answer as text, got {type(content).__name__}")
-        try:
-            answer = json.loads(content)
-        except json.JSONDecodeError as err:
-            raise InvalidAnswer(f"answer is not JSON ({err.msg} at character {err.pos})") from None
-        return self.to_rewards(validate(answer, self.schema))
+        return self.to_rewards(validate(json_answer(content), self.schema))
 
 
 # --------------------------------------------------------------------------------------------

@@ -106,3 +106,35 @@ def add_max_shard_size(parser) -> None:
     """``--max-shard-size SIZE``, the one flag of every command that writes a dataset folder."""
     parser.add_argument("--max-shard-size", type=file_size, default=DEFAULT_MAX_SHARD_SIZE, metavar="SIZE",
                         help=f"start a new Parquet shard past this many (uncompressed) bytes (default {DEFAULT_MAX_SHARD_SIZE})")
+
+
+def add_llm_arguments(parser, *, unit: str, base_url_help: str, model_help: str) -> None:
+    """The flags of a command that asks an OpenAI-compatible endpoint through the project's client
+    (``unit``: what one request is for, such as "item"; the key always comes from OPENAI_API_KEY only)."""
+    parser.add_argument("--base-url", default=None, metavar="URL", help=base_url_help)
+    parser.add_argument("--model", default=None, metavar="M", help=model_help)
+    parser.add_argument("--concurrency", type=positive_int, default=16, metavar="N", help="requests in flight at once (default 16)")
+    parser.add_argument("--batch", action="store_true", help="use the OpenAI Batch API (half the price, results within 24 h)")
+    parser.add_argument("--cache", default=None, metavar="PATH",
+                        help="answer cache, SQLite (default ~/.cache/editforge/annotations.sqlite); makes runs resumable")
+    parser.add_argument("--timeout", type=positive_float, default=120.0, metavar="S", help="seconds per request (default 120)")
+    parser.add_argument("--max-attempts", type=positive_int, default=6, metavar="K",
+                        help=f"failed requests (429, 5xx, timeouts) per {unit} before it is recorded as missing (default 6)")
+    parser.add_argument("--max-invalid", type=positive_int, default=3, metavar="K",
+                        help=f"invalid answers per {unit} before it is recorded as missing (default 3)")
+    parser.add_argument("--price-in", type=non_negative_float, default=2.50, metavar="USD",
+                        help="price per million input tokens (default 2.50, gpt-4o; the Batch API costs half)")
+    parser.add_argument("--price-out", type=non_negative_float, default=10.00, metavar="USD",
+                        help="price per million output tokens (default 10.00, gpt-4o)")
+    parser.add_argument("--poll-interval", type=positive_float, default=30.0, metavar="S", help="seconds between Batch API polls (default 30)")
+    parser.add_argument("--allow-missing", action="store_true", help=f"exit 0 even when some {unit}s got no valid answer")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def llm_options(args) -> dict:
+    """The keyword arguments of the flags of :func:`add_llm_arguments` that the library takes as
+    objects: ``pricing`` and ``policy``."""
+    from editforge.dataset_builders.annotation import Pricing, RetryPolicy
+
+    return {"pricing": Pricing(args.price_in, args.price_out),
+            "policy": RetryPolicy(max_attempts=args.max_attempts, max_invalid_answers=args.max_invalid, timeout=args.timeout)}
