@@ -30,7 +30,10 @@ PAIR_IMAGE_COLUMNS = ("image_0", "image_1")
 # The judge's rubrics (editforge.dataset_builders.annotation.rubrics).
 MULTI_REWARD = "multi-reward"
 VIESCORE_EDIT = "viescore-edit"
-RUBRIC_NAMES = (MULTI_REWARD, VIESCORE_EDIT)
+T2I_ALIGNMENT = "t2i-alignment"  # a generated image against its prompt (text-to-image suites, preference pairs)
+RUBRIC_NAMES = (MULTI_REWARD, VIESCORE_EDIT, T2I_ALIGNMENT)
+# The one perspective of t2i-alignment: how much of the prompt the image shows, 0..5.
+ALIGNMENT = "alignment"
 
 # InstructEngine (arXiv 2504.10329): the axes along which a prompt's contrasting variant differs
 # (the `contrast` column of preference pairs).

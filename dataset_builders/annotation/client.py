@@ -223,9 +223,10 @@ class JudgeClient:
             **options,
         }
 
-    def request_body(self, instruction: str, source: PreparedImage, edited: PreparedImage) -> dict:
-        """The chat-completion body for one triplet (also the ``body`` of a Batch API line)."""
-        return self.chat_body(self.rubric.messages(instruction, source.data_url, edited.data_url))
+    def request_body(self, instruction: str, *images: PreparedImage) -> dict:
+        """The chat-completion body for one item, its images in the rubric's order (an edit: source,
+        edited); also the ``body`` of a Batch API line."""
+        return self.chat_body(self.rubric.messages(instruction, *(image.data_url for image in images)))
 
     def rewards_of(self, completion: dict) -> dict:
         """The parsed answer (a rubric's rewards) in a chat completion (a dict as the API returns

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Iterator
 
 from editforge.errors import EditforgeError, UsageError
-from editforge.vocabulary import EDIT_IMAGE_COLUMNS
 from editforge.vocabulary import MULTI_REWARD as MULTI_REWARD_NAME
 
 from ..manifest import write_manifest
@@ -36,11 +35,12 @@ from .cache import AnswerCache, cache_key, default_cache_path
 from .client import DEFAULT_MODEL, JudgeClient, JudgeOutcome, RetryPolicy, Usage
 from .images import DEFAULT_MAX_SIDE, ImageError, PreparedImage, convert, pass_through, read_image
 from .jobs import run_together
-from .rubrics import get_rubric
+from .rubrics import RUBRICS, get_rubric
 from .sources import TripletSource, open_source
 
 OUTPUT_FIELDS = ("rewards", "judge", "usage", "error")
-IMAGE_PAIR = EDIT_IMAGE_COLUMNS[:2]  # (source_image, edited_image): what the judge sees
+# every field a rubric shows the judge an image from (an error naming one is an unreadable image)
+IMAGE_FIELDS = tuple(dict.fromkeys(name for rubric in RUBRICS.values() for name in rubric.image_fields))
 PENDING, CACHED, JUDGED, FAILED = range(4)
 
 
@@ -109,8 +109,7 @@ class MissingRewards(EditforgeError):
 @dataclass
 class _Prepared:
     key: str
-    source: PreparedImage
-    edited: PreparedImage
+    images: list[PreparedImage]  # in the rubric's order (an edit: source, edited)
 
 
 class _Ledger:
@@ -135,7 +134,7 @@ def _short(error: str) -> str:
     """An error reduced to its kind, for the report's tally."""
     if not error:
         return "unknown"
-    if error.startswith(IMAGE_PAIR):
+    if error.startswith(IMAGE_FIELDS):
         return "unreadable image"
     return error.split(";")[0].split(": ")[0]
 
@@ -158,13 +157,13 @@ class Annotator:
     def _key(self, record: dict, images: list[PreparedImage]) -> _Prepared:
         info = self.judge_info
         key = cache_key(info["model"], info["rubric"], info["rubric_version"], record["instruction"],
-                        images[0].data, images[1].data)
-        return _Prepared(key, *images)
+                        *(image.data for image in images))
+        return _Prepared(key, images)
 
     def _read(self, source: TripletSource, record: dict) -> list:
-        """Both images, each as a PreparedImage when it can be sent as it is, else as read."""
+        """The rubric's images, each as a PreparedImage when it can be sent as it is, else as read."""
         images = []
-        for name in IMAGE_PAIR:
+        for name in self.client.rubric.image_fields:
             try:
                 raw = read_image(source.load_image(record, name))
                 images.append((isinstance(raw, bytes) and pass_through(raw, self.max_side)) or raw)
@@ -174,7 +173,7 @@ class Annotator:
 
     def _convert(self, record: dict, images: list) -> list[PreparedImage]:
         converted = []
-        for name, image in zip(IMAGE_PAIR, images):
+        for name, image in zip(self.client.rubric.image_fields, images):
             try:
                 converted.append(image if isinstance(image, PreparedImage) else convert(image, self.max_side))
             except ImageError as err:
@@ -182,7 +181,7 @@ class Annotator:
         return converted
 
     def prepare(self, source: TripletSource, record: dict) -> _Prepared:
-        """The two images as sent and the request's cache key. Raises ImageError naming the field."""
+        """The images as sent and the request's cache key. Raises ImageError naming the field."""
         return self._key(record, self._convert(record, self._read(source, record)))
 
     async def prepare_async(self, source: TripletSource, record: dict, pool) -> _Prepared:
@@ -222,7 +221,7 @@ class Annotator:
         waiting = in_flight[key] = asyncio.get_running_loop().create_future()
         outcome = JudgeOutcome(rewards=None, error="the request was interrupted")
         try:
-            body = self.client.request_body(record["instruction"], prepared.source, prepared.edited)
+            body = self.client.request_body(record["instruction"], *prepared.images)
             outcome = await self.client.judge(body)
             report.usage += outcome.usage
             if outcome.rewards is not None:
@@ -297,7 +296,7 @@ class Annotator:
                             ledger.status[index] = CACHED
                         continue
                     if key not in submitted:
-                        files.add(key, self.client.request_body(record["instruction"], prepared.source, prepared.edited))
+                        files.add(key, self.client.request_body(record["instruction"], *prepared.images))
                         submitted.add(key)
             if not submitted:
                 break

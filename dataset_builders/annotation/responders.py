@@ -42,7 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from editforge.vocabulary import NO_FAILURE, PERSPECTIVES
+from editforge.vocabulary import ALIGNMENT, NO_FAILURE, PERSPECTIVES, T2I_ALIGNMENT
 
 from .rubrics import Rubric, read_request
 
@@ -205,11 +205,14 @@ class ConstantResponder(JudgeResponder):
     cpu_bound = False
 
     def answer(self, rubric: Rubric, instruction: str, image_urls: list[str]) -> dict:
-        return rubric.from_perspectives({p: {"score": 5, "feedback": NO_FAILURE} for p in PERSPECTIVES})
+        # every rubric's perspectives flawless; each rubric's mapping takes the ones it asks for
+        return rubric.from_perspectives({p: {"score": 5, "feedback": NO_FAILURE} for p in (*PERSPECTIVES, ALIGNMENT)})
 
 
 class OracleResponder(JudgeResponder):
-    """The synthetic world's oracle judge, from the pixels of the two images in the request.
+    """The synthetic world's oracle judge, from the pixels of the images in the request: an edit's
+    two (the edit oracle), or a generated image against its prompt (``t2i-alignment``: the
+    alignment oracle).
 
     A triplet the oracle cannot judge is an HTTP 422, never a score.
     """
@@ -226,11 +229,17 @@ class OracleResponder(JudgeResponder):
         from .images import ImageError, decode_data_url
 
         try:
-            source, edited = (decode_data_url(url) for url in image_urls)
+            images = [decode_data_url(url) for url in image_urls]
         except ImageError as err:
             raise ResponderError(400, str(err), code="judge_error") from None
         try:
-            judgement = self.judge.judge(source, instruction, edited)
+            if rubric.name == T2I_ALIGNMENT:  # a generated image against its prompt
+                from ..synthetic.alignment import judge_alignment
+
+                judgement = judge_alignment(instruction, images[0])
+            else:
+                judgement = self.judge.judge(images[0], instruction, images[1])
         except OracleError as err:
-            raise ResponderError(422, f"the oracle cannot judge this triplet: {err}", code="judge_error") from None
+            what = "image" if rubric.name == T2I_ALIGNMENT else "triplet"
+            raise ResponderError(422, f"the oracle cannot judge this {what}: {err}", code="judge_error") from None
         return rubric.from_perspectives(judgement)

@@ -1,7 +1,7 @@
 """What the judge is asked and what a valid answer is: one prompt, one JSON schema and one
 validation per rubric, with a version that goes into every cache key.
 
-Two rubrics:
+Three rubrics:
 
 ``multi-reward`` (Multi-Reward as Condition, RewardEdit20K)
     Three perspectives, each an integer score 0..5 and a short ``feedback`` naming the failure
@@ -18,9 +18,16 @@ Two rubrics:
         {"sc": 8.0, "pq": 6.0, "o": 6.93, "sc_scores": [8, 10], "pq_scores": [6, 6],
          "sc_reasoning": "...", "pq_reasoning": "..."}
 
-The request carries the instruction on a line of its own (``Editing instruction: "<JSON
-string>"``) and the two images in a fixed order, source first; :func:`read_request` reads them
-back, which is how the loopback oracle judge knows what it is judging.
+``t2i-alignment`` (text-to-image; InstructEngine's check of generated images)
+    One image and its prompt: ``alignment``, an integer 0..5 (5: everything the prompt asks for
+    is there, as asked) with feedback naming what is missing or wrong::
+
+        {"alignment": {"score": 3, "feedback": "the circle is blue, not red"}}
+
+The request carries the instruction (or prompt) on a line of its own (``Editing instruction:
+"<JSON string>"``, ``Prompt: "<JSON string>"``) and the images in a fixed order, source first;
+:func:`read_request` reads them back, which is how the loopback oracle judge knows what it is
+judging. A rubric names the record fields its images come from (``image_fields``).
 
 A rubric's answer is never repaired: anything that is not JSON, lacks a field, has an extra one
 or holds a score out of range raises :class:`InvalidAnswer`; the client retries and, in the end,
@@ -39,13 +46,17 @@ from editforge.errors import UsageError
 
 # The three perspectives of Multi-Reward and the feedback for "no failure": one definition,
 # shared with the synthetic world's ground truth.
-from editforge.vocabulary import FEEDBACK_SEPARATOR, NO_FAILURE, PERSPECTIVES
+from editforge.vocabulary import ALIGNMENT, EDIT_IMAGE_COLUMNS, FEEDBACK_SEPARATOR, NO_FAILURE, PERSPECTIVES
 from editforge.vocabulary import MULTI_REWARD as MULTI_REWARD_NAME
+from editforge.vocabulary import T2I_ALIGNMENT as T2I_ALIGNMENT_NAME
 from editforge.vocabulary import VIESCORE_EDIT as VIESCORE_EDIT_NAME
 
 INSTRUCTION_LABEL = "Editing instruction: "
+PROMPT_LABEL = "Prompt: "
 SOURCE_LABEL = "Original image:"
 EDITED_LABEL = "Edited image:"
+GENERATED_LABEL = "Generated image:"
+EDIT_IMAGES = ((EDIT_IMAGE_COLUMNS[0], SOURCE_LABEL), (EDIT_IMAGE_COLUMNS[1], EDITED_LABEL))
 
 
 class InvalidAnswer(ValueError):
@@ -134,27 +145,31 @@ class Rubric:
     task_prompt: str
     schema: dict
     to_rewards: Callable[[dict], dict]
-    # Inverse mapping used by the loopback oracle: Multi-Reward judgement -> this rubric's answer.
+    # Inverse mapping used by the loopback oracle: its judgement -> this rubric's answer.
     from_perspectives: Callable[[dict], dict] = field(repr=False)
+    # (record field, label) of each image the judge is shown, in order; the label of the text.
+    images: tuple[tuple[str, str], ...] = EDIT_IMAGES
+    text_label: str = INSTRUCTION_LABEL
+
+    @property
+    def image_fields(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.images)
 
     @property
     def response_format(self) -> dict:
         """The structured-output ``response_format`` of a chat completion request."""
         return {"type": "json_schema", "json_schema": {"name": self.schema_name, "strict": True, "schema": self.schema}}
 
-    def messages(self, instruction: str, source_url: str, edited_url: str) -> list[dict]:
-        """Chat messages asking for a judgement of one triplet (images as data URLs, source first)."""
-        text = f"{self.task_prompt}\n\n{INSTRUCTION_LABEL}{json.dumps(instruction, ensure_ascii=False)}"
-        return [
-            {"role": "system", "content": self.system_prompt},
-            {"role": "user", "content": [
-                {"type": "text", "text": text},
-                {"type": "text", "text": SOURCE_LABEL},
-                {"type": "image_url", "image_url": {"url": source_url}},
-                {"type": "text", "text": EDITED_LABEL},
-                {"type": "image_url", "image_url": {"url": edited_url}},
-            ]},
-        ]
+    def messages(self, instruction: str, *image_urls: str) -> list[dict]:
+        """Chat messages asking for a judgement of one item: the instruction (or prompt), then each
+        image (a data URL) after its label, in :attr:`images` order (an edit: source first)."""
+        if len(image_urls) != len(self.images):
+            raise ValueError(f"the {self.name} rubric shows {len(self.images)} image(s), got {len(image_urls)}")
+        text = f"{self.task_prompt}\n\n{self.text_label}{json.dumps(instruction, ensure_ascii=False)}"
+        content = [{"type": "text", "text": text}]
+        for (_, label), url in zip(self.images, image_urls):
+            content += [{"type": "text", "text": label}, {"type": "image_url", "image_url": {"url": url}}]
+        return [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": content}]
 
     def parse(self, content: str | None) -> dict:
         """The rewards of an answer's text; InvalidAnswer when it is not a valid answer."""
@@ -280,7 +295,45 @@ VIESCORE_EDIT = Rubric(
     from_perspectives=_viescore_answer,
 )
 
-RUBRICS: dict[str, Rubric] = {r.name: r for r in (MULTI_REWARD, VIESCORE_EDIT)}
+# --------------------------------------------------------------------------------------------
+# t2i-alignment
+
+_ALIGNMENT_SYSTEM = (
+    "You are a meticulous judge of text-to-image generation. You compare a generated image with "
+    "the prompt it was generated from. You answer with JSON only."
+)
+_ALIGNMENT_TASK = """\
+Judge how well a generated image matches its prompt. You are given the prompt and the image.
+
+Check every element the prompt asks for: each object, how many there are, their colours and other \
+attributes, where they are, the background and the style. First write "feedback": a short phrase \
+naming each element that is missing or wrong, or "None" if there is none; then give "score", an \
+integer from 0 to 5 (5 every element as asked, 4 one minor deviation, 3 one element wrong, 2 \
+several elements wrong, 1 little of the prompt is there, 0 nothing of it)."""
+
+
+def _alignment_rewards(answer: dict) -> dict:
+    return {ALIGNMENT: {"score": answer[ALIGNMENT]["score"], "feedback": answer[ALIGNMENT]["feedback"]}}
+
+
+def _alignment_answer(judgement: dict) -> dict:
+    return {ALIGNMENT: {"feedback": judgement[ALIGNMENT]["feedback"], "score": judgement[ALIGNMENT]["score"]}}
+
+
+T2I_ALIGNMENT = Rubric(
+    name=T2I_ALIGNMENT_NAME,
+    version="1",
+    schema_name="t2i_alignment_judgement",
+    system_prompt=_ALIGNMENT_SYSTEM,
+    task_prompt=_ALIGNMENT_TASK,
+    schema=_object({ALIGNMENT: _JUDGEMENT}),
+    to_rewards=_alignment_rewards,
+    from_perspectives=_alignment_answer,
+    images=(("image", GENERATED_LABEL),),
+    text_label=PROMPT_LABEL,
+)
+
+RUBRICS: dict[str, Rubric] = {r.name: r for r in (MULTI_REWARD, VIESCORE_EDIT, T2I_ALIGNMENT)}
 
 
 def get_rubric(name: str | Rubric) -> Rubric:
@@ -300,11 +353,9 @@ def rubric_for_schema(schema_name: str) -> Rubric:
     raise KeyError(schema_name)
 
 
-_INSTRUCTION_LINE = re.compile("^" + re.escape(INSTRUCTION_LABEL) + r'(".*")$', re.MULTILINE)
-
-
 def read_request(body: dict) -> tuple[Rubric, str, list[str]]:
-    """(rubric, instruction, [source_url, edited_url]) of a chat request built by :meth:`Rubric.messages`.
+    """(rubric, instruction or prompt, image URLs in the rubric's order) of a chat request built by
+    :meth:`Rubric.messages`.
 
     Raises ValueError when the request is not one of ours.
     """
@@ -316,6 +367,7 @@ def read_request(body: dict) -> tuple[Rubric, str, list[str]]:
         rubric = rubric_for_schema(schema_name)
     except KeyError:
         raise ValueError(f"unknown response schema {schema_name!r}") from None
+    line = re.compile("^" + re.escape(rubric.text_label) + r'(".*")$', re.MULTILINE)
     instruction, urls = None, []
     for message in body.get("messages", ()):
         content = message.get("content")
@@ -325,11 +377,13 @@ def read_request(body: dict) -> tuple[Rubric, str, list[str]]:
             if part.get("type") == "image_url":
                 urls.append(part["image_url"]["url"])
             elif part.get("type") == "text" and instruction is None:
-                match = _INSTRUCTION_LINE.search(part.get("text", ""))
+                match = line.search(part.get("text", ""))
                 if match:
                     instruction = json.loads(match.group(1))
     if instruction is None:
-        raise ValueError("the request names no editing instruction")
-    if len(urls) != 2:
-        raise ValueError(f"expected 2 images (original, edited), got {len(urls)}")
+        raise ValueError("the request names no editing instruction" if rubric.text_label == INSTRUCTION_LABEL
+                         else f"the request has no {rubric.text_label.strip(': ').lower()} line")
+    if len(urls) != len(rubric.images):
+        labels = ", ".join(label.rstrip(":").lower() for _, label in rubric.images)
+        raise ValueError(f"expected {len(rubric.images)} image(s) ({labels}), got {len(urls)}")
     return rubric, instruction, urls
