@@ -29,7 +29,7 @@ from editforge.errors import UsageError
 from .judging import LOOPBACK_KEY, ORACLE, JudgeConfig, JudgeWorker
 from .models import ModelSpec, load_pipeline, model_specs, outputs_folder
 from .scoring import metric_values, score_model
-from .suites import Suite, SuiteItem, load_suite
+from .suites import TEXT_TO_IMAGE, Suite, SuiteItem, load_suite
 
 ITEMS_FILE, RESULTS_FILE, REPORT_FILE, GRID_FILE, STATE_FILE = (
     "items.jsonl", "results.json", "report.md", "grid.png", "run.json")
@@ -160,6 +160,8 @@ def _check_items(suite: Suite, on_error: str) -> tuple[list[SuiteItem], list[dic
     from editforge.dataset_builders.errors import ItemError
     from editforge.dataset_builders.images import load_image
 
+    if suite.kind == TEXT_TO_IMAGE:  # prompts: nothing to read
+        return list(suite.items), []
     usable, skipped = [], []
     for item in suite.items:
         try:
@@ -183,6 +185,18 @@ def _open_rgb(source):
 
     data = source if isinstance(source, (bytes, bytearray)) else Path(source).read_bytes()
     return Image.open(io.BytesIO(data)).convert("RGB")
+
+
+def _open_mask(mask, size):
+    """An item's region mask as L (white: edit), or all white (free-form) when it has none."""
+    import io
+
+    from PIL import Image
+
+    if mask is None:
+        return Image.new("L", size, 255)
+    data = mask if isinstance(mask, (bytes, bytearray)) else Path(mask).read_bytes()
+    return Image.open(io.BytesIO(data)).convert("L")
 
 
 class _Bars:
@@ -257,11 +271,13 @@ def evaluate(models, suite: str | Suite, out: str | os.PathLike, *, rubric: str 
         prepared = _prepare(out, suite, specs, rubric, judge, base_url, judge_model, cache, concurrency, max_side,
                             policy, on_error, processes)
     config, endpoint, rubric_info, judge_info, items, skipped, store = prepared
+    if metrics and suite.kind == TEXT_TO_IMAGE:
+        raise UsageError("--metrics (CLIP / DINOv2 / SSIM of an edit against its source) applies to edit suites")
     by_id = {item.id: item for item in items}
     timings: dict[str, float] = {}
     if not processes.is_main:  # generates its share of the edits; the main process does the rest
         _run(specs, items, seeds, out, store, config, endpoint, rubric_info.name, batch_size, progress, device,
-             torch_dtype, timings, processes)
+             torch_dtype, timings, processes, suite.kind)
         return None
     try:
         if config.judge == ORACLE:
@@ -269,10 +285,10 @@ def evaluate(models, suite: str | Suite, out: str | os.PathLike, *, rubric: str 
 
             with serve_oracle() as oracle_url:
                 _run(specs, items, seeds, out, store, config, (oracle_url, LOOPBACK_KEY), rubric_info.name,
-                     batch_size, progress, device, torch_dtype, timings, processes)
+                     batch_size, progress, device, torch_dtype, timings, processes, suite.kind)
         else:
             _run(specs, items, seeds, out, store, config, endpoint, rubric_info.name, batch_size, progress,
-                 device, torch_dtype, timings, processes)
+                 device, torch_dtype, timings, processes, suite.kind)
         if metrics:
             _score_quality(specs, by_id, seeds, out, store, clip_model, dinov2_model, batch_size, device, progress,
                            timings)
@@ -292,7 +308,8 @@ def evaluate(models, suite: str | Suite, out: str | os.PathLike, *, rubric: str 
 
         _write_atomic(out / RESULTS_FILE, json.dumps(results.to_dict(), indent=2, ensure_ascii=False) + "\n")
         write_report(results, out / REPORT_FILE)
-        write_grid(out / GRID_FILE, items[:grid_rows], [s.name for s in specs], seeds[0], out)
+        write_grid(out / GRID_FILE, items[:grid_rows], [s.name for s in specs], seeds[0], out,
+                   with_source=suite.kind != TEXT_TO_IMAGE)
     return results
 
 
@@ -382,7 +399,7 @@ class Processes:
 
 
 def _run(specs, items, seeds, out, store, config, endpoint, rubric, batch_size, progress, device,
-         torch_dtype, timings, processes: Processes) -> None:
+         torch_dtype, timings, processes: Processes, kind: str) -> None:
     # What is left to do: edits to generate here, edits other processes generate, and written
     # edits not judged yet.
     to_generate: dict[str, list[tuple[SuiteItem, int]]] = {spec.name: [] for spec in specs}
@@ -408,7 +425,7 @@ def _run(specs, items, seeds, out, store, config, endpoint, rubric, batch_size, 
         bars = _Bars(generate_total, 0, False)
         try:
             timings["generation"] = _generate(specs, to_generate, out, batch_size, progress, device, torch_dtype, bars,
-                                              submit=lambda rows: None)
+                                              kind, submit=lambda rows: None)
         finally:
             bars.close()
         processes.wait()
@@ -426,7 +443,7 @@ def _run(specs, items, seeds, out, store, config, endpoint, rubric, batch_size, 
     try:
         worker.submit(to_judge, images)
         timings["generation"] = _generate(specs, to_generate, out, batch_size, progress, device, torch_dtype, bars,
-                                          submit=lambda rows: worker.submit(rows, images))
+                                          kind, submit=lambda rows: worker.submit(rows, images))
         if theirs:
             processes.wait()  # every process has written its share
             missing = [row["id"] for row in theirs if not Path(row["edited_image"]).is_file()]
@@ -452,9 +469,11 @@ def _write_png(image, path: Path) -> None:
     os.replace(partial, path)
 
 
-def _generate(specs, to_generate, out, batch_size, progress, device, torch_dtype, bars, submit) -> float:
-    """Make the edits of ``to_generate`` (each written atomically), handing each batch's rows to
-    ``submit``; returns the seconds spent in the pipelines."""
+def _generate(specs, to_generate, out, batch_size, progress, device, torch_dtype, bars, kind, submit) -> float:
+    """Make the edits (text-to-image suites: the images) of ``to_generate``, each written
+    atomically, handing each batch's rows to ``submit``; returns the seconds spent in the pipelines."""
+    import inspect
+
     import torch
 
     generate_seconds = 0.0
@@ -477,20 +496,32 @@ def _generate(specs, to_generate, out, batch_size, progress, device, torch_dtype
             submit(rows)
             continue
         if spec.location not in pipelines:
-            pipelines[spec.location] = load_pipeline(spec, torch_dtype=torch_dtype, device=device, progress=progress)
+            pipelines[spec.location] = load_pipeline(spec, torch_dtype=torch_dtype, device=device, progress=progress,
+                                                     kind=kind)
         pipe = pipelines[spec.location]
+        parameters = set(inspect.signature(type(pipe).__call__).parameters)
+        sized = {"height", "width"} <= parameters
+        # region masks go to a pipeline that takes them (a 48-channel SD3 InstructPix2Pix)
+        masked = "mask_image" in parameters and getattr(pipe, "takes_mask", False)
         # batches of one seed and one image size, in suite order
         groups: dict[tuple, list[SuiteItem]] = {}
         for item, seed in pending:
             groups.setdefault((seed, item.width, item.height), []).append(item)
-        for (seed, _, _), group in groups.items():
+        for (seed, width, height), group in groups.items():
             for begin in range(0, len(group), batch_size):
                 batch = group[begin: begin + batch_size]
                 clock = time.perf_counter()
                 generators = [torch.Generator(device="cpu").manual_seed(item_seed(seed, item.id)) for item in batch]
-                result = pipe(prompt=[item.instruction for item in batch],
-                              image=[_open_rgb(item.source_image) for item in batch],
-                              generator=generators, output_type="pil", **spec.call_args)
+                if kind == TEXT_TO_IMAGE:  # the suite's size where it has one and the pipeline takes it
+                    inputs = {"height": height, "width": width} if sized and width and height else {}
+                else:
+                    sources = [_open_rgb(item.source_image) for item in batch]
+                    inputs = {"image": sources}
+                    if masked and any(item.mask_image is not None for item in batch):
+                        inputs["mask_image"] = [_open_mask(item.mask_image, source.size)
+                                                for item, source in zip(batch, sources)]
+                result = pipe(prompt=[item.instruction for item in batch], generator=generators, output_type="pil",
+                              **inputs, **spec.call_args)
                 rows = []
                 for item, image in zip(batch, result.images):
                     _write_png(image, image_path(out, spec.name, seed, item.id))

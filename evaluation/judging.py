@@ -157,9 +157,8 @@ class JudgeWorker:
             TripletSource,
         )
 
-        def load_image(record: dict, field: str):
-            value = record[field]
-            return images.get(value, value) if field == "source_image" else Path(value)
+        def load_image(record: dict, field: str):  # the source (an edit suite's) or what the model made
+            return images.get(record[field], record[field]) if field == "source_image" else Path(record["edited_image"])
 
         source = TripletSource("eval", lambda: iter(rows), load_image, len(rows))
         ledger = await annotator.judge_direct(source, AnnotationReport())

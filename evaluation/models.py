@@ -178,11 +178,13 @@ def check_location(spec: ModelSpec) -> None:
         raise UsageError(f"model {spec.name}: {spec.location} does not exist")
 
 
-def load_pipeline(spec: ModelSpec, *, torch_dtype=None, device: str | None = None, progress: bool = True):
+def load_pipeline(spec: ModelSpec, *, torch_dtype=None, device: str | None = None, progress: bool = True,
+                  kind: str = "edit"):
     """The pipeline of ``spec`` (``DiffusionPipeline.from_pretrained``), progress bar off.
 
-    Raises UsageError naming the model when it is not a pipeline, cannot be loaded, or is not an
-    editing pipeline (its ``__call__`` takes no ``image``).
+    Raises UsageError naming the model when it is not a pipeline, cannot be loaded, or does not do
+    what the suite's models do (``kind``): an editing pipeline's ``__call__`` takes ``prompt`` and
+    ``image``, a text-to-image one's ``prompt`` and no ``image``.
     """
     check_location(spec)
     from diffusers import DiffusionPipeline
@@ -212,7 +214,12 @@ def load_pipeline(spec: ModelSpec, *, torch_dtype=None, device: str | None = Non
             if enabled:
                 library.enable_progress_bar()
     parameters = inspect.signature(type(pipe).__call__).parameters
-    if "image" not in parameters or "prompt" not in parameters:
+    if kind == "text-to-image":
+        if "prompt" not in parameters or "image" in parameters:
+            raise UsageError(f"model {spec.name}: {type(pipe).__name__} is not a text-to-image pipeline "
+                             f"(its __call__ {'takes an input image' if 'image' in parameters else 'takes no prompt'}); "
+                             f"the suite is text-to-image")
+    elif "image" not in parameters or "prompt" not in parameters:
         raise UsageError(f"model {spec.name}: {type(pipe).__name__} takes no prompt and image: not an editing pipeline")
     check_call_args(spec, pipe)
     if device is not None:

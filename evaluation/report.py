@@ -22,6 +22,7 @@ LABELS = {
     "mean_detail_preserving": "mean DP",
     "mean_generation_quality": "mean GQ",
     "sc": "SC", "pq": "PQ", "o": "O",
+    "alignment_accuracy": "alignment accuracy (alignment = 5)", "mean_alignment": "mean alignment",
     "clip_sim_source": "CLIP source image-caption", "clip_sim_target": "CLIP edit-target caption (CLIP-T)",
     "clip_sim_dir": "CLIP direction (CLIPdir)", "clip_sim_image": "CLIP source-edit (CLIP-I)",
     "dinov2_sim": "DINOv2 source-edit (DINO)", "ssim": "SSIM source-edit",
@@ -114,23 +115,27 @@ def write_report(results, path: Path) -> None:
     _write_atomic(path, render_report(results))
 
 
-def write_grid(path: Path, items, models: list[str], seed: int, out: Path, tile: int = 96) -> None:
-    """Sources, instructions and each model's edit (seed ``seed``), one item a row."""
+def write_grid(path: Path, items, models: list[str], seed: int, out: Path, tile: int = 96,
+               with_source: bool = True) -> None:
+    """Sources (edit suites), instructions or prompts, and each model's image (seed ``seed``), one
+    item a row."""
     from PIL import Image, ImageDraw
 
     from .harness import _open_rgb, image_path
 
     text_width, header = 200, 20
-    columns = ["source", "instruction", *models]
-    width = tile * (1 + len(models)) + text_width
+    columns = (["source"] if with_source else []) + ["instruction" if with_source else "prompt", *models]
+    first = tile if with_source else 0
+    width = first + text_width + tile * len(models)
     grid = Image.new("RGB", (width, header + tile * max(1, len(items))), "white")
     draw = ImageDraw.Draw(grid)
-    xs = [0, tile] + [tile + text_width + k * tile for k in range(len(models))]
+    xs = ([0] if with_source else []) + [first] + [first + text_width + k * tile for k in range(len(models))]
     for x, label in zip(xs, columns):
         draw.text((x + 4, 4), label[:16], fill="black")
     for row, item in enumerate(items):
         y = header + row * tile
-        grid.paste(_open_rgb(item.source_image).resize((tile, tile)), (0, y))
+        if with_source:
+            grid.paste(_open_rgb(item.source_image).resize((tile, tile)), (0, y))
         words, wrapped, line = item.instruction.split(), [], ""
         for word in words:
             if line and len(line) + len(word) + 1 > 30:
@@ -140,11 +145,11 @@ def write_grid(path: Path, items, models: list[str], seed: int, out: Path, tile:
                 line = f"{line} {word}".strip()
         wrapped.append(line)
         for j, text in enumerate(wrapped[:7]):
-            draw.text((tile + 6, y + 6 + 12 * j), text.encode("ascii", "replace").decode(), fill="black")
+            draw.text((first + 6, y + 6 + 12 * j), text.encode("ascii", "replace").decode(), fill="black")
         for k, model in enumerate(models):
-            edited = image_path(out, model, seed, item.id)
-            if edited.is_file():
-                grid.paste(Image.open(edited).convert("RGB").resize((tile, tile)), (xs[2 + k], y))
+            made = image_path(out, model, seed, item.id)
+            if made.is_file():
+                grid.paste(Image.open(made).convert("RGB").resize((tile, tile)), (first + text_width + k * tile, y))
     partial = path.with_name(path.name + ".partial")
     grid.save(partial, format="PNG")
     partial.replace(path)

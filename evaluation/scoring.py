@@ -9,6 +9,9 @@ multi-reward (Multi-Reward as Condition)
     IF = 5; ``mean_<perspective>`` the mean score of each perspective (0..5).
 viescore-edit (VIEScore, as GEdit-Bench reports it)
     ``sc``, ``pq``, ``o``: the means of the per-item scores (0..10; O = sqrt(SC * PQ) per item).
+t2i-alignment (text-to-image suites)
+    ``alignment_accuracy`` share of images with alignment 5 (all of the prompt, as asked);
+    ``mean_alignment`` the mean score (0..5).
 
 With ``--metrics``, UltraEdit's quality metrics (``clip_sim_dir``, ``dinov2_sim``, ``ssim``...) are
 figures too: the mean over the edits that have the value (caption metrics need captions).
@@ -21,11 +24,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from editforge.vocabulary import (
+    ALIGNMENT,
     MAX_REWARD,
     METRIC_NAMES,
     MIN_REWARD,
     MULTI_REWARD,
     PERSPECTIVES,
+    T2I_ALIGNMENT,
     VIESCORE_EDIT,
     VIESCORE_SCORES,
 )
@@ -45,6 +50,10 @@ FIGURES: dict[str, dict[str, Figure]] = {
         **{f"mean_{p}": ((lambda m, p=p: float(m[p])), (lambda m: 1.0)) for p in PERSPECTIVES},
     },
     VIESCORE_EDIT: {name: ((lambda m, name=name: float(m[name])), (lambda m: 1.0)) for name in VIESCORE_SCORES},
+    T2I_ALIGNMENT: {
+        "alignment_accuracy": (lambda m: float(m[ALIGNMENT] == MAX_REWARD), lambda m: 1.0),
+        "mean_alignment": (lambda m: float(m[ALIGNMENT]), lambda m: 1.0),
+    },
 }
 # quality figure -> (numerator, denominator) of one row's ``quality`` values
 QUALITY_FIGURES: dict[str, Figure] = {
@@ -52,9 +61,9 @@ QUALITY_FIGURES: dict[str, Figure] = {
     for name in METRIC_NAMES
 }
 # The figure a report's overview shows, and whether higher is better for each figure.
-HEADLINE = {MULTI_REWARD: "following_accuracy", VIESCORE_EDIT: "o"}
+HEADLINE = {MULTI_REWARD: "following_accuracy", VIESCORE_EDIT: "o", T2I_ALIGNMENT: "alignment_accuracy"}
 LOWER_IS_BETTER = {"not_edited"}
-SHARES = {"following_accuracy", "not_edited"}
+SHARES = {"following_accuracy", "not_edited", "alignment_accuracy"}
 
 
 def metric_values(rubric: str, rewards: dict | None) -> dict | None:
@@ -65,6 +74,8 @@ def metric_values(rubric: str, rewards: dict | None) -> dict | None:
         return {p: rewards[p]["score"] for p in PERSPECTIVES}
     if rubric == VIESCORE_EDIT:
         return {name: rewards[name] for name in VIESCORE_SCORES}
+    if rubric == T2I_ALIGNMENT:
+        return {ALIGNMENT: rewards[ALIGNMENT]["score"]}
     raise ValueError(f"no figures for rubric {rubric!r}")
 
 

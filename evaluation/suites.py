@@ -19,6 +19,12 @@ benchmark reports them, the subsets it reports separately, and its default rubri
     input and output captions feed ``--metrics``' caption metrics (CLIP-T, CLIPdir).
 ``magicbrush:PATH``
     MagicBrush Parquet shards, read by the dataset builder (``MagicBrush``); one group.
+``synthetic-prompts[:n=24,seed=2000,sizes=32x32,styled=0]``
+    Text-to-image: captions of random synthetic scenes as prompts (a ``styled`` share with a
+    style), grouped by their number of shapes, judged by the alignment oracle (t2i-alignment).
+``drawbench[:PATH or Hub id]``
+    Text-to-image: DrawBench's 200 prompts in 11 categories (``sayakpaul/drawbench`` layout,
+    ``Prompts`` / ``Category``), t2i-alignment.
 ``PATH``
     A triplet manifest (or a folder holding ``manifest.jsonl``) or a canonical dataset folder
     written by ``editforge build-dataset``; groups by its ``task`` column.
@@ -35,9 +41,10 @@ from pathlib import Path
 from typing import Any
 
 from editforge.errors import UsageError
-from editforge.vocabulary import MULTI_REWARD, VIESCORE_EDIT
+from editforge.vocabulary import MULTI_REWARD, T2I_ALIGNMENT, VIESCORE_EDIT
 
 ALL = "all"  # the group (and subset) holding every item
+EDIT, TEXT_TO_IMAGE = "edit", "text-to-image"  # what a suite's models do
 
 # GEdit-Bench's task groups, in the order its paper's tables list them.
 GEDIT_TASKS = ("background_change", "color_alter", "material_alter", "motion_change", "ps_human", "style_change",
@@ -55,8 +62,9 @@ EMU_EDIT_SPLITS = ("test", "validation")
 
 @dataclass
 class SuiteItem:
-    """One item to edit. ``source_image`` is bytes or a path (checked when the item is read);
-    ``tags`` are what the benchmark reports by; ``reference`` keeps the suite's other fields."""
+    """One item to edit. ``source_image`` (and ``mask_image``, the region to edit, white; None:
+    free-form) is bytes or a path (checked when the item is read); ``tags`` are what the benchmark
+    reports by; ``reference`` keeps the suite's other fields."""
 
     id: str
     instruction: str
@@ -66,6 +74,7 @@ class SuiteItem:
     height: int | None = None
     tags: dict = field(default_factory=dict)
     reference: dict = field(default_factory=dict)
+    mask_image: Any = None
 
     @property
     def group(self) -> str:
@@ -83,6 +92,7 @@ class Suite:
     rubric: str = MULTI_REWARD
     judge: str | None = None  # "oracle": the built-in judge by default
     spec: str = ""
+    kind: str = EDIT  # text-to-image: items are prompts (no source image), models generate
 
     def group_order(self) -> list[str]:
         present = {item.group for item in self.items}
@@ -151,10 +161,75 @@ def synthetic_suite(cache_dir: str | os.PathLike, *, n: int = 24, seed: int = 10
                 id=f"{width}x{height}-{record['id']}", instruction=record["instruction"],
                 source_image=folder / record["source_image"], task=record["task"], width=width, height=height,
                 tags={"size": f"{width}x{height}"},
+                mask_image=folder / record["mask_image"] if record.get("mask_image") else None,
                 reference={"ideal_image": str(folder / record["ideal_image"]),
                            "source_caption": record.get("source_caption"), "target_caption": record.get("target_caption")},
             ))
     return Suite("synthetic", items, groups=TASKS, rubric=MULTI_REWARD, judge="oracle")
+
+
+# --- text-to-image: the synthetic world's prompts, DrawBench ---------------------------------------
+
+
+def synthetic_prompts_suite(*, n: int = 24, seed: int = 2000, sizes: tuple[tuple[int, int], ...] = ((32, 32),),
+                            styled: float = 0.0) -> Suite:
+    """Captions of random synthetic scenes (1-4 shapes with colours and places, a background, a style
+    for a ``styled`` share) as text-to-image prompts, grouped by how many shapes they ask for, at
+    ``sizes``; judged by the alignment oracle. The scene each prompt describes is kept as the
+    reference."""
+    from dataclasses import asdict
+
+    import numpy as np
+
+    from editforge.dataset_builders.synthetic.edits import STYLES, styled_caption
+    from editforge.dataset_builders.synthetic.world import random_scene
+
+    rng = np.random.default_rng(seed)
+    items = []
+    for k in range(n):
+        scene = random_scene(rng)
+        style = str(rng.choice(sorted(STYLES))) if rng.random() < styled else None
+        width, height = sizes[k % len(sizes)]
+        count = len(scene.shapes)
+        items.append(SuiteItem(id=f"{width}x{height}-prompt{k:04d}", instruction=styled_caption(scene, style),
+                               source_image=None, task=f"{count} shape{'s' if count > 1 else ''}", width=width,
+                               height=height, tags={"size": f"{width}x{height}"},
+                               reference={"scene": asdict(scene), "style": style}))
+    return Suite("synthetic-prompts", items, groups=("1 shape", "2 shapes", "3 shapes", "4 shapes"),
+                 rubric=T2I_ALIGNMENT, judge="oracle", kind=TEXT_TO_IMAGE)
+
+
+DRAWBENCH_HUB_ID = "sayakpaul/drawbench"
+# DrawBench's eleven categories (Imagen, arXiv 2205.11487), in its paper's order.
+DRAWBENCH_CATEGORIES = ("Colors", "Conflicting", "Counting", "DALL-E", "Descriptions", "Gary Marcus et al.",
+                        "Misspellings", "Positional", "Rare Words", "Reddit", "Text")
+
+
+def drawbench_suite(location: str | None = None) -> Suite:
+    """DrawBench in its Hub layouts (``sayakpaul/drawbench``: ``Prompts``, ``Category``; or ``prompts``,
+    ``category`` with class labels), from a local copy or the Hub; 11 category groups; t2i-alignment."""
+    from datasets import ClassLabel, load_dataset
+
+    source = _hub_or_local(location or "", DRAWBENCH_HUB_ID)
+    try:
+        dataset = load_dataset(str(source))
+    except (FileNotFoundError, ValueError) as err:
+        raise UsageError(f"cannot load DrawBench from {source}: {err}") from None
+    split = next(iter(dataset.values()))
+    columns = {name.lower(): name for name in split.column_names}
+    prompt, category = columns.get("prompts") or columns.get("prompt"), columns.get("category")
+    if prompt is None:
+        raise UsageError(f"{source}: DrawBench needs a Prompts column (it has {', '.join(split.column_names)})")
+    labels = split.features[category] if category is not None else None
+    items = []
+    for k, row in enumerate(split):
+        group = row[category] if category is not None else None
+        if isinstance(labels, ClassLabel) and group is not None:
+            group = labels.int2str(group)
+        if not isinstance(row[prompt], str) or not row[prompt].strip():
+            raise UsageError(f"{source}: row {k} has no prompt")
+        items.append(SuiteItem(id=f"{k:03d}", instruction=row[prompt], source_image=None, task=group))
+    return Suite("drawbench", items, groups=DRAWBENCH_CATEGORIES, rubric=T2I_ALIGNMENT, kind=TEXT_TO_IMAGE)
 
 
 # --- GEdit-Bench -------------------------------------------------------------------------------
@@ -258,8 +333,11 @@ def _canonical_item(row: dict) -> SuiteItem:
     image = row["source_image"]
     if isinstance(image, dict):
         image = image.get("bytes") if image.get("bytes") is not None else image.get("path")
+    mask = row.get("mask_image")
+    if isinstance(mask, dict):
+        mask = mask.get("bytes") if mask.get("bytes") is not None else mask.get("path")
     return SuiteItem(id=str(row["id"]), instruction=row["instruction"], source_image=image, task=row.get("task"),
-                     width=row.get("width"), height=row.get("height"), reference=_captions(row))
+                     width=row.get("width"), height=row.get("height"), reference=_captions(row), mask_image=mask)
 
 
 def _captions(row: dict) -> dict:
@@ -293,7 +371,9 @@ def folder_suite(path: str | os.PathLike) -> Suite:
                 items.append(SuiteItem(id=str(record["id"]), instruction=record["instruction"],
                                        source_image=manifest.parent / record["source_image"], task=record.get("task"),
                                        width=record.get("width"), height=record.get("height"),
-                                       reference=_captions(record)))
+                                       reference=_captions(record),
+                                       mask_image=manifest.parent / record["mask_image"] if record.get("mask_image")
+                                       else None))
         return Suite(manifest.parent.name, items)
     from datasets import Image as ImageFeature
     from datasets import load_dataset
@@ -307,10 +387,12 @@ def folder_suite(path: str | os.PathLike) -> Suite:
         raise UsageError(f"{path}: the suite needs the column(s) {', '.join(missing)} "
                          f"(it has {', '.join(dataset.column_names)})")
     dataset = dataset.cast_column("source_image", ImageFeature(decode=False))
+    if "mask_image" in dataset.column_names:
+        dataset = dataset.cast_column("mask_image", ImageFeature(decode=False))
     return Suite(path.name, [_canonical_item(row) for row in dataset])
 
 
-SUITES = ("synthetic", "gedit-bench", "emu-edit", "magicbrush")
+SUITES = ("synthetic", "gedit-bench", "emu-edit", "magicbrush", "synthetic-prompts", "drawbench")
 
 
 def load_suite(spec: str, *, cache_dir: str | os.PathLike = ".", progress: bool = False) -> Suite:
@@ -328,6 +410,21 @@ def load_suite(spec: str, *, cache_dir: str | os.PathLike = ".", progress: bool 
             raise UsageError(f"synthetic suite: n and seed must be integers, got {rest!r}") from None
         sizes = _sizes(options["sizes"]) if "sizes" in options else SYNTHETIC_SIZES
         suite = synthetic_suite(cache_dir, n=n, seed=seed, sizes=sizes, progress=progress)
+    elif name == "synthetic-prompts":
+        location, options = _options(rest)
+        _check_options(name, options, ("n", "seed", "sizes", "styled"))
+        if location:
+            raise UsageError(f"the synthetic-prompts suite takes no location, got {location!r}")
+        try:
+            n, seed, styled = int(options.get("n", 24)), int(options.get("seed", 2000)), float(options.get("styled", 0))
+        except ValueError:
+            raise UsageError(f"synthetic-prompts suite: n and seed must be integers, styled a share, got {rest!r}") from None
+        sizes = _sizes(options["sizes"]) if "sizes" in options else ((32, 32),)
+        suite = synthetic_prompts_suite(n=n, seed=seed, sizes=sizes, styled=styled)
+    elif name == "drawbench":
+        location, options = _options(rest)
+        _check_options(name, options, ())
+        suite = drawbench_suite(location)
     elif name == "gedit-bench":
         location, options = _options(rest)
         _check_options(name, options, ("language",))

@@ -28,15 +28,11 @@ def png(colour, size=32):
 def workspace(tmp_path_factory):
     """A tiny text-to-image base and InstructEngine-style pairs: 4 contrasting pairs (two rows each,
     the same two images, each preferred under its own prompt) and one tied Pick-a-Pic row."""
-    from diffusers import StableDiffusionPipeline
-
     from editforge.dataset_builders import build_dataset
-    from editforge.testing.tiny_models import tiny_instruct_pix2pix_components, tiny_unet
+    from editforge.testing.tiny_models import tiny_text_to_image_pipeline
 
     root = tmp_path_factory.mktemp("dpo")
-    components = tiny_instruct_pix2pix_components(seed=0)
-    components["unet"] = tiny_unet(in_channels=4, seed=0)
-    StableDiffusionPipeline(**components, requires_safety_checker=False).save_pretrained(root / "base")
+    tiny_text_to_image_pipeline(seed=0).save_pretrained(root / "base")
     rows = []
     for i in range(4):
         a, b = COLOURS[i], COLOURS[i + 1]

@@ -8,12 +8,14 @@ from .arguments import positive_int
 from .metrics import add_metric_models
 
 HELP = ("Evaluate editing pipelines side by side on a suite (synthetic, gedit-bench, emu-edit, magicbrush, "
-        "a dataset folder).")
+        "a dataset folder), or text-to-image pipelines on prompts (synthetic-prompts, drawbench).")
 
 SUITE_HELP = ("synthetic[:n=24,seed=1000,sizes=32x32+48x32+32x48] (the synthetic world, oracle judge); "
               "gedit-bench[:PATH or Hub id][,language=en|cn] (stepfun-ai/GEdit-Bench layout, viescore-edit); "
               "emu-edit[:PATH or Hub id][,split=test|validation] (facebook/emu_edit_test_set layout); "
-              "magicbrush:PATH; or a manifest / canonical dataset folder")
+              "magicbrush:PATH; or a manifest / canonical dataset folder. Text-to-image: "
+              "synthetic-prompts[:n=24,seed=2000,sizes=32x32,styled=0] (alignment oracle); "
+              "drawbench[:PATH or Hub id] (sayakpaul/drawbench layout, t2i-alignment)")
 
 
 def add_arguments(parser) -> None:

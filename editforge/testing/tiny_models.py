@@ -150,6 +150,17 @@ def tiny_instruct_pix2pix_pipeline(seed: int = 0):
     return pipe
 
 
+def tiny_text_to_image_pipeline(seed: int = 0):
+    """A tiny ``StableDiffusionPipeline`` (SD1.5-shaped: 4-channel UNet, the components above)."""
+    from diffusers import StableDiffusionPipeline
+
+    components = tiny_instruct_pix2pix_components(seed)
+    components["unet"] = tiny_unet(in_channels=4, seed=seed)
+    pipe = StableDiffusionPipeline(**components, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def tiny_sd3_transformer(in_channels: int = 4, out_channels: int = 4, num_layers: int = 1, seed: int = 0):
     """A tiny ``SD3Transformer2DModel`` (patch size 1, 4 heads of 8, joint and pooled widths of the
     tiny CLIP pair: 32 and 64). With ``num_layers`` >= 2 the blocks before the last also carry the
