@@ -327,6 +327,14 @@ register_spec(PublishSpec(
     pipeline_tag="text-to-image",
 ))
 
+register_spec(PublishSpec(
+    name="diffusion_dpo_sdxl",
+    pipeline_class="StableDiffusionXLPipeline",
+    template="diffusion_dpo",
+    tags=("text-to-image", "diffusion-dpo", "stable-diffusion-xl"),
+    pipeline_tag="text-to-image",
+))
+
 
 def sd3_pix2pix_summary(folder: Path) -> dict:
     """Card fields of the sd3_instruct_pix2pix template: the transformer's inputs and the latent convention."""

@@ -159,3 +159,45 @@ def test_bad_settings_are_refused_clearly(workspace, tmp_path):
 
         tiny_instruct_pix2pix_pipeline().save_pretrained(tmp_path / "ip2p")
         main(args(workspace, tmp_path / "x", "--pretrained_model_name_or_path", str(tmp_path / "ip2p")))
+
+
+@pytest.fixture(scope="module")
+def sdxl_base(tmp_path_factory):
+    from editforge.testing.tiny_models import tiny_sdxl_pipeline
+
+    root = tmp_path_factory.mktemp("dpo-sdxl")
+    tiny_sdxl_pipeline(seed=0).save_pretrained(root / "base")
+    return root / "base"
+
+
+def test_sdxl_time_ids_are_the_pipelines_own():
+    from editforge.testing.tiny_models import tiny_sdxl_pipeline
+    from editforge.training.train_diffusion_dpo import sdxl_time_ids
+
+    pipe = tiny_sdxl_pipeline()
+    ours = sdxl_time_ids([(48, 64), (32, 32)], [(0, 8), (0, 0)], 32)
+    for row, (size, crop) in zip(ours, [((48, 64), (0, 8)), ((32, 32), (0, 0))]):
+        theirs = pipe._get_add_time_ids(size, crop, (32, 32), dtype=torch.float32,
+                                        text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim)
+        assert torch.equal(row, theirs[0])
+
+
+@pytest.mark.parametrize("alignment", ["cross_validation", "single_pair"])
+def test_sdxl_trains_from_log_2_and_its_lora_loads_into_the_sdxl_pipeline(workspace, sdxl_base, tmp_path, alignment):
+    from diffusers import DiffusionPipeline
+
+    from editforge.training.lora import LORA_WEIGHT_NAME
+    from editforge.training.train_diffusion_dpo import main
+
+    argv = args(workspace, tmp_path / "run", "--alignment", alignment, steps=3)
+    argv[argv.index("--pretrained_model_name_or_path") + 1] = str(sdxl_base)
+    summary = main(argv, keep_pipeline=True)
+    assert summary["losses"][1] == pytest.approx(math.log(2), abs=1e-6)  # adapters disabled = the base
+    assert summary["losses"][3] != pytest.approx(math.log(2), abs=1e-4)
+    loaded = DiffusionPipeline.from_pretrained(tmp_path / "run")
+    assert type(loaded).__name__ == "StableDiffusionXLPipeline"
+    loaded.load_lora_weights(tmp_path / "run", weight_name=LORA_WEIGHT_NAME)
+    call = dict(prompt="a red square 0", height=32, width=32, num_inference_steps=2, output_type="np")
+    expected = summary["pipeline"](**call, generator=torch.Generator().manual_seed(0)).images
+    assert abs(loaded(**call, generator=torch.Generator().manual_seed(0)).images - expected).max() == 0.0
+    assert "stable-diffusion-xl" in (tmp_path / "run" / "README.md").read_text()

@@ -97,14 +97,19 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
+def fit_window(size: tuple[int, int], width: int, height: int,
+               offset: tuple[float, float] = (0.5, 0.5)) -> tuple[int, int, int, int]:
+    """Where :func:`fit` puts an image of ``size``: ``(resized width, resized height, left, top)``."""
+    source_w, source_h = size
+    scale = max(width / source_w, height / source_h)
+    new_w, new_h = max(width, round(source_w * scale)), max(height, round(source_h * scale))
+    return new_w, new_h, int(round((new_w - width) * offset[0])), int(round((new_h - height) * offset[1]))
+
+
 def fit(images: Sequence[Image.Image], width: int, height: int, offset: tuple[float, float] = (0.5, 0.5)) -> list[Image.Image]:
     """Resize images (all the same size) to cover ``width x height`` and crop there; ``offset``
     places the window (0.5, 0.5 = centre), the same for every image."""
-    source_w, source_h = images[0].size
-    scale = max(width / source_w, height / source_h)
-    new_w, new_h = max(width, round(source_w * scale)), max(height, round(source_h * scale))
-    left = int(round((new_w - width) * offset[0]))
-    top = int(round((new_h - height) * offset[1]))
+    new_w, new_h, left, top = fit_window(images[0].size, width, height, offset)
     out = []
     for image in images:
         if image.size != (new_w, new_h):
@@ -224,8 +229,10 @@ def contrasting_pairs(dataset, cross_validation: bool) -> list[list[int]]:
 
 @dataclass
 class PairExamples(torch.utils.data.Dataset):
-    """Training pairs as examples: both images ``[2, 3, H, W]`` in [-1, 1] (cropped alike) and one
-    comparison per row of the pair: its prompt, which image wins (0 or 1) and whether it is a tie."""
+    """Training pairs as examples: both images ``[2, 3, H, W]`` in [-1, 1] (cropped alike), their
+    original size and the crop's top left corner (``(h, w)``, ``(top, left)``: SDXL's micro-conditions),
+    and one comparison per row of the pair: its prompt, which image wins (0 or 1) and whether it is
+    a tie."""
 
     dataset: object
     pairs: list[list[int]]
@@ -247,9 +254,12 @@ class PairExamples(torch.utils.data.Dataset):
         rng = random.Random(f"{self.seed}:{first.get('id', index)}")
         offset = (0.5, 0.5) if self.center_crop else (rng.random(), rng.random())
         images = fit([first["image_0"].convert("RGB"), first["image_1"].convert("RGB")], self.resolution, self.resolution, offset)
+        _, _, left, top = fit_window(first["image_0"].size, self.resolution, self.resolution, offset)
         return {
             "index": index,
             "images": torch.stack([to_tensor(image) for image in images]),
+            "original_size": (first["image_0"].height, first["image_0"].width),
+            "crop_top_left": (top, left),
             "prompts": [row["prompt"] for row in rows],
             "winners": [0 if row["label_0"] >= TIE else 1 for row in rows],
             "ties": [row["label_0"] == TIE for row in rows],

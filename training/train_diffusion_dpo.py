@@ -22,8 +22,11 @@ prompt), with one noise and timestep for both comparisons; ``single_pair`` uses 
 Ties (``label_0`` 0.5) are left out by default (``--ties skip``, counted on the card) or count both
 ways (``--ties symmetric``): never as a win for image 0. Logged beside the loss: the implicit
 reward accuracy (share of comparisons whose margin favours the preferred image) and margin.
-The output folder is a ``StableDiffusionPipeline`` with the LoRA file beside it
-(``pipe.load_lora_weights(out, weight_name="pytorch_lora_weights.safetensors")``).
+SD1.5-style UNets (one CLIP text encoder) and SDXL (two text encoders, the penultimate hidden states
+of both and the second's pooled output, and SDXL's six size and crop time ids from each pair's
+original size and crop, as diffusers' SDXL script computes them); beta means the same for both.
+The output folder is a ``StableDiffusionPipeline`` (or ``StableDiffusionXLPipeline``) with the LoRA
+file beside it (``pipe.load_lora_weights(out, weight_name="pytorch_lora_weights.safetensors")``).
 """
 
 from __future__ import annotations
@@ -70,30 +73,62 @@ class DPOModel(nn.Module):
         super().__init__()
         self.unet, self.reference = unet, reference
 
-    def forward(self, noisy, timesteps, hidden):
-        return self.unet(noisy, timesteps, hidden).sample
+    def forward(self, noisy, timesteps, hidden, added=None):
+        return self.unet(noisy, timesteps, hidden, added_cond_kwargs=added).sample
 
     @torch.no_grad()
-    def reference_prediction(self, noisy, timesteps, hidden):
+    def reference_prediction(self, noisy, timesteps, hidden, added=None):
         if self.reference is not None:
-            return self.reference(noisy, timesteps, hidden).sample
+            return self.reference(noisy, timesteps, hidden, added_cond_kwargs=added).sample
         self.unet.disable_adapters()
         try:
-            return self.unet(noisy, timesteps, hidden).sample
+            return self.unet(noisy, timesteps, hidden, added_cond_kwargs=added).sample
         finally:
             self.unet.enable_adapters()
 
 
-def make_collate(tokenizer):
+def tokenize(tokenizers, prompts: list[str]) -> list[torch.Tensor]:
+    """The input ids of ``prompts`` for each text encoder's tokenizer."""
+    return [t(prompts, padding="max_length", truncation=True, max_length=t.model_max_length,
+              return_tensors="pt").input_ids for t in tokenizers]
+
+
+class PromptEncoder:
+    """Input ids -> the UNet's text conditions: SD1.5's last hidden states, or SDXL's penultimate
+    hidden states of both encoders (concatenated) plus the second's pooled projection."""
+
+    def __init__(self, text_encoders):
+        self.text_encoders = text_encoders
+
+    @torch.no_grad()
+    def __call__(self, input_ids: list[torch.Tensor], device) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if len(self.text_encoders) == 1:
+            return self.text_encoders[0](input_ids[0].to(device))[0], None
+        hidden, pooled = [], None
+        for encoder, ids in zip(self.text_encoders, input_ids):
+            out = encoder(ids.to(device), output_hidden_states=True)
+            hidden.append(out.hidden_states[-2])
+            pooled = out[0]  # the last encoder's pooled projection (text_embeds)
+        return torch.cat(hidden, dim=-1), pooled
+
+
+def sdxl_time_ids(original_sizes, crops_top_left, resolution: int) -> torch.Tensor:
+    """SDXL's added time ids per example: original (h, w), crop (top, left), target (h, w)."""
+    return torch.tensor([[*size, *crop, resolution, resolution] for size, crop in zip(original_sizes, crops_top_left)],
+                        dtype=torch.float32)
+
+
+def make_collate(tokenizers):
     def collate(examples):
         comparisons = [(i, p, w, t) for i, e in enumerate(examples)
                        for p, w, t in zip(e["prompts"], e["winners"], e["ties"])]
         return {
             "index": torch.tensor([e["index"] for e in examples]),
             "images": torch.stack([e["images"] for e in examples]),
+            "original_size": [e["original_size"] for e in examples],
+            "crop_top_left": [e["crop_top_left"] for e in examples],
             "example": torch.tensor([c[0] for c in comparisons]),
-            "input_ids": tokenizer([c[1] for c in comparisons], padding="max_length", truncation=True,
-                                   max_length=tokenizer.model_max_length, return_tensors="pt").input_ids,
+            "input_ids": tokenize(tokenizers, [c[1] for c in comparisons]),
             "winner": torch.tensor([c[2] for c in comparisons]),
             "tie": torch.tensor([c[3] for c in comparisons]),
         }
@@ -103,8 +138,9 @@ def make_collate(tokenizer):
 
 def main(argv: list[str] | DiffusionDPOConfig | None = None, keep_pipeline: bool = False) -> dict:
     """Train; return a summary (steps, losses, logged reward accuracy and margin, output folder)."""
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from diffusers import (AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline,
+                           UNet2DConditionModel)
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     from editforge.training import output
     from editforge.training.components import inference_scheduler, load_components
@@ -118,21 +154,28 @@ def main(argv: list[str] | DiffusionDPOConfig | None = None, keep_pipeline: bool
     config = argv if isinstance(argv, DiffusionDPOConfig) else parse_config(DiffusionDPOConfig, argv, prog="train_diffusion_dpo.py")
     trainer = Trainer(config, project_name="diffusion-dpo")
     device = trainer.device
-    parts = load_components(config, {"tokenizer": CLIPTokenizer, "text_encoder": CLIPTextModel, "vae": AutoencoderKL,
-                                     "unet": UNet2DConditionModel, "scheduler": DDPMScheduler})
-    tokenizer, text_encoder, vae, unet, noise_scheduler = parts.values()
+    parts = load_components(config, {"vae": AutoencoderKL, "unet": UNet2DConditionModel, "scheduler": DDPMScheduler})
+    vae, unet, noise_scheduler = parts.values()
     if unet.config.in_channels != vae.config.latent_channels:
         raise UsageError(f"the base UNet of {config.pretrained_model_name_or_path!r} has {unet.config.in_channels} input "
                          "channels; Diffusion-DPO starts from a text-to-image model")
-    if unet.config.addition_embed_type is not None:
+    sdxl = unet.config.addition_embed_type == "text_time"
+    if unet.config.addition_embed_type not in (None, "text_time"):
         raise UsageError(f"the base UNet of {config.pretrained_model_name_or_path!r} takes added conditions "
-                         f"({unet.config.addition_embed_type!r}, e.g. SDXL); train_diffusion_dpo.py supports SD1.5-style "
-                         "UNets (one CLIP text encoder) so far")
+                         f"{unet.config.addition_embed_type!r}; train_diffusion_dpo.py trains SD1.5-style and SDXL UNets")
+    texts = {"tokenizer": CLIPTokenizer, "text_encoder": CLIPTextModel}
+    if sdxl:
+        texts.update(tokenizer_2=CLIPTokenizer, text_encoder_2=CLIPTextModelWithProjection)
+    texts = load_components(config, texts)
+    tokenizers = [texts[k] for k in texts if k.startswith("tokenizer")]
+    text_encoders = [texts[k] for k in texts if k.startswith("text_encoder")]
     if config.prediction_type is not None:
         noise_scheduler.register_to_config(prediction_type=config.prediction_type)
     prediction_type = noise_scheduler.config.prediction_type
     vae.requires_grad_(False).to(device)
-    text_encoder.requires_grad_(False).to(device)
+    for encoder in text_encoders:
+        encoder.requires_grad_(False).to(device)
+    encode = PromptEncoder(text_encoders)
     reference = None
     if config.full:
         reference = copy.deepcopy(unet).requires_grad_(False).to(device)
@@ -149,7 +192,7 @@ def main(argv: list[str] | DiffusionDPOConfig | None = None, keep_pipeline: bool
     trainer.checkpoint_modules({"unet": "unet"} if config.full else {}, lora=None if config.full else "unet")
     sampler = ShapeBatchSampler([(config.resolution, config.resolution)] * len(examples), config.train_batch_size,
                                 seed=config.seed)
-    trainer.prepare(model, examples, sampler, make_collate(tokenizer))
+    trainer.prepare(model, examples, sampler, make_collate(tokenizers))
     scaling = vae.config.scaling_factor
 
     def compute_loss(batch, generator):
@@ -157,7 +200,7 @@ def main(argv: list[str] | DiffusionDPOConfig | None = None, keep_pipeline: bool
         bsz = images.shape[0]
         with torch.no_grad():
             latents = vae.encode(images.flatten(0, 1)).latent_dist.sample(generator) * scaling
-            hidden = text_encoder(batch["input_ids"].to(device))[0]
+        hidden, pooled = encode(batch["input_ids"], device)
         latents = latents.unflatten(0, (bsz, 2))
         noise = noise_like(latents, generator)
         timesteps = sample_timesteps(noise_scheduler, bsz, generator, device)  # one per pair: both images share it
@@ -166,9 +209,13 @@ def main(argv: list[str] | DiffusionDPOConfig | None = None, keep_pipeline: bool
         ex, w = batch["example"].to(device), batch["winner"].to(device)
         pick = lambda x: torch.cat([x[ex, w], x[ex, 1 - w]])  # noqa: E731 - winners, then losers
         inputs, t, text = pick(noisy).contiguous(), timesteps[ex].repeat(2), hidden.repeat(2, 1, 1)
+        added = None
+        if sdxl:  # each comparison's example's sizes and crop, and its prompt's pooled embedding
+            time_ids = sdxl_time_ids(batch["original_size"], batch["crop_top_left"], config.resolution).to(device)
+            added = {"time_ids": time_ids[ex].repeat(2, 1), "text_embeds": pooled.repeat(2, 1)}
         target = target_for(noise_scheduler, pick(latents), pick(noise), t, prediction_type)
-        model_w, model_l = weighted_mse(trainer.model(inputs, t, text), target).chunk(2)
-        ref_w, ref_l = weighted_mse(trainer.unwrap().reference_prediction(inputs, t, text), target).chunk(2)
+        model_w, model_l = weighted_mse(trainer.model(inputs, t, text, added), target).chunk(2)
+        ref_w, ref_l = weighted_mse(trainer.unwrap().reference_prediction(inputs, t, text, added), target).chunk(2)
         logits = dpo_logits(model_w, model_l, ref_w, ref_l, config.beta_dpo)
         ties = batch["tie"].to(device)
         decided = logits[~ties]
@@ -177,10 +224,13 @@ def main(argv: list[str] | DiffusionDPOConfig | None = None, keep_pipeline: bool
         return diffusion_dpo_loss(logits, ties if bool(ties.any()) else None), logs
 
     def build_pipeline(unet_for_pipeline):
-        pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                                       unet=unet_for_pipeline or trainer.unwrap().unet,
-                                       scheduler=inference_scheduler(config, config.prediction_type),
-                                       safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        common = {"vae": vae, "unet": unet_for_pipeline or trainer.unwrap().unet,
+                  "scheduler": inference_scheduler(config, config.prediction_type), **texts}
+        if sdxl:
+            pipe = StableDiffusionXLPipeline(**common)
+        else:
+            pipe = StableDiffusionPipeline(**common, safety_checker=None, feature_extractor=None,
+                                           requires_safety_checker=False)
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
@@ -207,7 +257,8 @@ def main(argv: list[str] | DiffusionDPOConfig | None = None, keep_pipeline: bool
     training.update({"objective": "Diffusion-DPO", "beta_dpo (paper's beta)": config.beta_dpo,
                      "alignment": config.alignment, "ties": config.ties, "training pairs": len(pairs)})
     return output.finish_run(config, trainer, result, build_pipeline=build_pipeline, training=training, denoiser="unet",
-                             spec="diffusion_dpo", validate=validate, keep_pipeline=keep_pipeline)
+                             spec="diffusion_dpo_sdxl" if sdxl else "diffusion_dpo", validate=validate,
+                             keep_pipeline=keep_pipeline)
 
 
 if __name__ == "__main__":

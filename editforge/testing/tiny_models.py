@@ -161,6 +161,31 @@ def tiny_text_to_image_pipeline(seed: int = 0):
     return pipe
 
 
+def tiny_sdxl_pipeline(seed: int = 0):
+    """A tiny ``StableDiffusionXLPipeline``: two CLIP text encoders (the second with projection) and a
+    UNet with SDXL's added conditions (pooled text and the six size / crop time ids)."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+
+    tokenizer = build_clip_tokenizer(synthetic_world_words())
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=80,
+        cross_attention_dim=64, norm_num_groups=16,
+    ).eval()
+    pipe = StableDiffusionXLPipeline(
+        vae=tiny_vae(seed=seed), text_encoder=tiny_clip_text_encoder(len(tokenizer), seed=seed),
+        text_encoder_2=tiny_clip_text_encoder(len(tokenizer), seed=seed + 1, with_projection=True),
+        tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet,
+        scheduler=EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                         timestep_spacing="leading", steps_offset=1),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def tiny_sd3_transformer(in_channels: int = 4, out_channels: int = 4, num_layers: int = 1, seed: int = 0):
     """A tiny ``SD3Transformer2DModel`` (patch size 1, 4 heads of 8, joint and pooled widths of the
     tiny CLIP pair: 32 and 64). With ``num_layers`` >= 2 the blocks before the last also carry the
