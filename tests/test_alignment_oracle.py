@@ -271,3 +271,12 @@ def test_mild_artefacts_do_not_change_the_judgement(artefact):
         style = STYLE_CHOICES[index % len(STYLE_CHOICES)]
         image = apply_artefact(rng, styled(scene, style), artefact, "mild")
         assert judged(world_prompt(scene, style), image) == (5, NO_FAILURE)
+
+
+def test_the_writers_prompt_for_an_empty_scene_reads_back():
+    from editforge.dataset_builders.prompts.synthetic_writer import world_prompt
+    from editforge.dataset_builders.synthetic.world import Scene
+
+    prompt = world_prompt(Scene("white"), None)
+    assert prompt == "no shapes: an empty white background"
+    assert judge_alignment(prompt, render_prompt(prompt))["alignment"]["score"] == 5

@@ -73,9 +73,10 @@ def read_subtopic(subtopic: str) -> Wishes | None:
 
 
 def world_prompt(scene: Scene, style: str | None) -> str:
-    """'<count> shape(s): <the world's caption, with its style>'."""
+    """'<count> shape(s): <the world's caption, with its style>' ('no shapes: ...' for an empty scene)."""
     n = len(scene.shapes)
-    return f"{NUMBER_WORDS[n - 1]} shape{'s' if n > 1 else ''}: {styled_caption(scene, style)}"
+    count = "no" if n == 0 else NUMBER_WORDS[n - 1]
+    return f"{count} shape{'' if n == 1 else 's'}: {styled_caption(scene, style)}"
 
 
 def _with_shapes(scene: Scene, shapes) -> Scene:
