@@ -41,14 +41,17 @@ INSTALL_REQUIRES = [
     "accelerate>=1.15.0",
     "openai[aiohttp]>=3.54.0",
     "safetensors>=0.8.0",
-    "pillow>=13.0.0",
+    "pillow>=12.3.0",  # not 13: gradio (the app extra) 6.31 requires pillow<13
     "numpy>=2.4.0",
     "tqdm>=4.70.0",
     "jinja2>=3.1.0",  # model cards (huggingface_hub.ModelCard.from_template)
 ]
 
 EXTRAS = {
-    "test": ["pytest>=9.0", "pytest-timeout>=2.4.0", "scikit-image>=0.26.0"],
+    # editforge app (editforge/app.py): the Gradio editing page
+    "app": ["gradio>=6.31.0"],
+    # tests/test_app.py drives Debian's chromium with Playwright (no browser download)
+    "test": ["pytest>=9.0", "pytest-timeout>=2.4.0", "scikit-image>=0.26.0", "gradio>=6.31.0", "playwright>=1.65.2"],
 }
 
 setup(

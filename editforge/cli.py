@@ -36,6 +36,7 @@ COMMANDS = [
     ("publish-pipeline", "editforge.commands.publish_pipeline"),
     ("train", "editforge.commands.train"),
     ("eval", "editforge.commands.eval"),
+    ("app", "editforge.commands.app"),
 ]
 
 

@@ -12,6 +12,9 @@
     out_dir/<vae, unet, ...>/           the other components, as save_pretrained writes them
     out_dir/*.safetensors               LoRA files (LoRA keys only) and other weight files, as given
     out_dir/README.md                   the model card (the spec's template), listing every weight file
+    out_dir/app.py, editforge_app.py,   with ``space=True`` (editing pipelines): a Gradio Space serving the
+      requirements.txt                  folder's pipeline in editforge's editing page (``editforge.app``);
+                                        the card then also names the Space's sdk (``sdk: gradio``)
 
 For ``reward_pix2pix`` the folder loads with ``DiffusionPipeline.from_pretrained(out_dir or repo,
 trust_remote_code=True)`` and, with editforge installed, ``RewardConditionedPix2PixPipeline.from_pretrained``;
@@ -65,6 +68,7 @@ def publish_pipeline(
     extra_weights: PathLike | Iterable[PathLike] | None = None,
     card_fields: Mapping[str, object] | None = None,
     overwrite: bool = False,
+    space: bool = False,
 ) -> Path:
     """Write a Hub-ready repo folder for a pipeline; return ``out_dir``.
 
@@ -91,6 +95,10 @@ def publish_pipeline(
             say), at the repo's top level under their own names, and listed on the card.
         card_fields: more template variables (``model_name``, or what a spec's template asks for).
         overwrite: replace the contents of a non-empty ``out_dir``.
+        space: also write a Space-ready Gradio app (``app.py``, ``editforge_app.py``, ``requirements.txt``)
+            that serves the folder's pipeline in editforge's editing page, so that the folder runs as a
+            Space (``upload_folder(..., repo_type="space")``) or locally (``python app.py``). Editing
+            (image-to-image) pipelines only.
 
     Everything is checked before anything is written; the folder is assembled in a temporary folder
     beside ``out_dir`` and moved into place only when complete, so a failure leaves ``out_dir`` as it was.
@@ -108,6 +116,9 @@ def publish_pipeline(
     spec = get_spec(spec) if spec is not None else detect_spec(class_name)
     code = validate_spec(spec)
     _check_class(spec, class_name)
+    if space and spec.pipeline_tag != "image-to-image":
+        raise UsageError(f"a {spec.pipeline_class} is a {spec.pipeline_tag} pipeline; the Space's editing app (--space)"
+                         " serves image-to-image (editing) pipelines only")
     if source is not None:
         _check_folder(spec, source, index)
     else:
@@ -147,6 +158,8 @@ def publish_pipeline(
             extra_weight_names=[path.name for path in extras],
             **fields,
         )
+        if space:
+            write_space_app(staging, title=repo_id or out_dir.resolve().name, trust_remote_code=spec.ships_code)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(staging, out_dir)
@@ -192,6 +205,60 @@ def write_model_card(
                          " every file in lora_weight_names and extra_weight_names")
     card.save(folder / "README.md")
     return folder / "README.md"
+
+
+SPACE_APP = '''"""A Gradio Space: this folder's pipeline in editforge's editing page (editforge_app.py).
+
+Written by `editforge publish-pipeline --space`. Run it with `pip install -r requirements.txt` and
+`python app.py`, or push the folder as a Space (huggingface_hub.upload_folder(repo_id=...,
+folder_path=..., repo_type="space")).
+"""
+
+from pathlib import Path
+
+import torch
+from diffusers import DiffusionPipeline
+
+from editforge_app import build_app
+
+pipe = DiffusionPipeline.from_pretrained(Path(__file__).parent{trust})
+pipe.to("cuda" if torch.cuda.is_available() else "cpu")
+pipe.set_progress_bar_config(disable=True)
+demo = build_app(pipe, {title!r})
+
+if __name__ == "__main__":
+    demo.launch()
+'''
+# What the Space installs; each at least the version installed here, where it is.
+SPACE_REQUIREMENTS = ("torch", "diffusers", "transformers", "accelerate", "safetensors", "gradio")
+
+
+def write_space_app(folder: PathLike, *, title: str, trust_remote_code: bool) -> Path:
+    """Make the pipeline folder ``folder`` a Gradio Space: ``app.py`` (loads the folder's pipeline and
+    serves ``editforge.app.build_app``'s page), ``editforge_app.py`` (a copy of ``editforge/app.py``,
+    which is self-contained), ``requirements.txt``, and ``sdk: gradio`` / ``app_file: app.py`` in the
+    card's metadata. Returns the path of ``app.py``."""
+    from importlib import metadata
+
+    from huggingface_hub import ModelCard
+
+    folder = Path(folder)
+    trust = ", trust_remote_code=True" if trust_remote_code else ""
+    (folder / "app.py").write_text(SPACE_APP.format(trust=trust, title=title), encoding="utf-8")
+    shutil.copy2(Path(__file__).with_name("app.py"), folder / "editforge_app.py")
+    lines = []
+    for name in SPACE_REQUIREMENTS:
+        try:
+            lines.append(f"{name}>={metadata.version(name).split('+')[0]}")
+        except metadata.PackageNotFoundError:
+            lines.append(name)
+    (folder / "requirements.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    card_path = folder / "README.md"
+    card = ModelCard.load(card_path)
+    card.data.sdk = "gradio"
+    card.data.app_file = "app.py"
+    card.save(card_path)
+    return folder / "app.py"
 
 
 # --------------------------------------------------------------------------------------------------

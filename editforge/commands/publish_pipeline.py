@@ -28,6 +28,11 @@ def add_arguments(parser) -> None:
         help="another .safetensors file to ship as it is and list on the card, e.g. a widened patch embedding (repeatable)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty OUT")
+    parser.add_argument(
+        "--space", action="store_true",
+        help="also write a Space-ready Gradio app (app.py, editforge_app.py, requirements.txt; editforge app's page)"
+             " so that OUT runs as a Hugging Face Space or with `python app.py` (editing pipelines)",
+    )
 
 
 def run(args) -> int:
@@ -40,9 +45,11 @@ def run(args) -> int:
     out = publish_pipeline(
         source, args.out, args.spec, repo_id=args.repo_id, base_model=args.base_model, datasets=args.dataset,
         license=args.license, lora_weights=args.lora_weights, extra_weights=args.extra_weights,
-        overwrite=args.overwrite,
+        overwrite=args.overwrite, space=args.space,
     )
     ships_code = any(out.rglob("*.py"))
     trust = ", trust_remote_code=True" if ships_code else ""
     print(f"wrote {out}: load with DiffusionPipeline.from_pretrained({str(out)!r}{trust})")
+    if args.space:
+        print(f"and a Gradio Space: python {out / 'app.py'}, or upload_folder(..., repo_type=\"space\")")
     return 0
