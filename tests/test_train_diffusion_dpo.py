@@ -201,3 +201,17 @@ def test_sdxl_trains_from_log_2_and_its_lora_loads_into_the_sdxl_pipeline(worksp
     expected = summary["pipeline"](**call, generator=torch.Generator().manual_seed(0)).images
     assert abs(loaded(**call, generator=torch.Generator().manual_seed(0)).images - expected).max() == 0.0
     assert "stable-diffusion-xl" in (tmp_path / "run" / "README.md").read_text()
+
+
+def test_cached_latents_train_as_encoding_every_step(workspace, tmp_path, monkeypatch):
+    """--cache_latents encodes both images of every pair once (the VAE's mode): with the per-step
+    encoding drawing the mode too, the losses are the same."""
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    from editforge.training.train_diffusion_dpo import main
+
+    cached = main(args(workspace, tmp_path / "cached", "--cache_latents", steps=3))["losses"]
+    monkeypatch.setattr(DiagonalGaussianDistribution, "sample", lambda self, generator=None: self.mode())
+    plain = main(args(workspace, tmp_path / "plain", steps=3))["losses"]
+    assert sorted(cached) == [1, 2, 3]
+    assert all(abs(cached[s] - plain[s]) <= 1e-5 * abs(plain[s]) for s in cached), (cached, plain)

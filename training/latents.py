@@ -6,21 +6,23 @@ import torch
 
 
 class CachedLatents(torch.utils.data.Dataset):
-    """``examples`` (a map-style dataset of dicts) with each image tensor under ``keys`` replaced by
-    its VAE latent (``latent_dist.mode()``, unscaled) under ``<key>_latents``; other fields stay."""
+    """``examples`` (a map-style dataset of dicts) with each image tensor under ``keys`` (``[3, H, W]``,
+    or several stacked, ``[..., 3, H, W]``) replaced by its VAE latent (``latent_dist.mode()``,
+    unscaled) under ``<key>_latents``; other fields stay."""
 
     def __init__(self, examples, vae, keys=("source", "edited"), batch_size: int = 32, progress: bool = True):
         from tqdm.auto import tqdm
 
         self.rows, pending = [], []
 
+        @torch.no_grad()
+        def encode(pixels):  # [..., 3, H, W] (a pair's images: [B, 2, 3, H, W]) -> [..., C, h, w]
+            flat = pixels.reshape(-1, *pixels.shape[-3:]).to(vae.device, vae.dtype)
+            latents = vae.encode(flat).latent_dist.mode().float().cpu()
+            return latents.reshape(*pixels.shape[:-3], *latents.shape[1:])
+
         def flush():
-            with torch.no_grad():
-                latents = {
-                    key: vae.encode(torch.stack([e[key] for e in pending]).to(vae.device, vae.dtype))
-                    .latent_dist.mode().float().cpu()
-                    for key in keys
-                }
+            latents = {key: encode(torch.stack([e[key] for e in pending])) for key in keys}
             for i, example in enumerate(pending):
                 row = {k: v for k, v in example.items() if k not in keys}
                 self.rows.append({**row, **{f"{key}_latents": latents[key][i] for key in keys}})

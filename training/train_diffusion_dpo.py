@@ -122,9 +122,10 @@ def make_collate(tokenizers):
     def collate(examples):
         comparisons = [(i, p, w, t) for i, e in enumerate(examples)
                        for p, w, t in zip(e["prompts"], e["winners"], e["ties"])]
+        images = "images" if "images" in examples[0] else "images_latents"  # --cache_latents
         return {
             "index": torch.tensor([e["index"] for e in examples]),
-            "images": torch.stack([e["images"] for e in examples]),
+            images: torch.stack([e[images] for e in examples]),
             "original_size": [e["original_size"] for e in examples],
             "crop_top_left": [e["crop_top_left"] for e in examples],
             "example": torch.tensor([c[0] for c in comparisons]),
@@ -145,6 +146,7 @@ def main(argv: list[str] | DiffusionDPOConfig | None = None, keep_pipeline: bool
     from editforge.training import output
     from editforge.training.components import inference_scheduler, load_components
     from editforge.training.data import PairExamples, contrasting_pairs, load_pair_dataset
+    from editforge.training.latents import CachedLatents
     from editforge.training.lora import add_lora
     from editforge.training.objectives import (diffusion_dpo_loss, dpo_logits, noise_like, sample_timesteps, target_for,
                                                weighted_mse)
@@ -189,6 +191,8 @@ def main(argv: list[str] | DiffusionDPOConfig | None = None, keep_pipeline: bool
                                 keep_ties=config.ties == "symmetric")
     pairs = contrasting_pairs(dataset, cross_validation=config.alignment == "cross_validation")
     examples = PairExamples(dataset, pairs, config.resolution, center_crop=config.center_crop, seed=config.seed)
+    if config.cache_latents:  # both images of every pair encoded once: latent_dist.mode(), unscaled
+        examples = CachedLatents(examples, vae, keys=("images",), progress=config.progress and trainer.is_main_process)
     trainer.checkpoint_modules({"unet": "unet"} if config.full else {}, lora=None if config.full else "unet")
     sampler = ShapeBatchSampler([(config.resolution, config.resolution)] * len(examples), config.train_batch_size,
                                 seed=config.seed)
@@ -196,12 +200,15 @@ def main(argv: list[str] | DiffusionDPOConfig | None = None, keep_pipeline: bool
     scaling = vae.config.scaling_factor
 
     def compute_loss(batch, generator):
-        images = batch["images"].to(device, vae.dtype)
-        bsz = images.shape[0]
-        with torch.no_grad():
-            latents = vae.encode(images.flatten(0, 1)).latent_dist.sample(generator) * scaling
+        if "images_latents" in batch:  # cached: the VAE's mode
+            latents = batch["images_latents"].to(device) * scaling
+        else:
+            images = batch["images"].to(device, vae.dtype)
+            with torch.no_grad():
+                latents = vae.encode(images.flatten(0, 1)).latent_dist.sample(generator) * scaling
+            latents = latents.unflatten(0, (images.shape[0], 2))
+        bsz = latents.shape[0]
         hidden, pooled = encode(batch["input_ids"], device)
-        latents = latents.unflatten(0, (bsz, 2))
         noise = noise_like(latents, generator)
         timesteps = sample_timesteps(noise_scheduler, bsz, generator, device)  # one per pair: both images share it
         noisy = noise_scheduler.add_noise(latents.flatten(0, 1), noise.flatten(0, 1),
