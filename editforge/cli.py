@@ -30,6 +30,7 @@ COMMANDS = [
     ("synth", "editforge.commands.synth"),
     ("annotate", "editforge.commands.annotate"),
     ("generate-prompts", "editforge.commands.generate_prompts"),
+    ("generate-pairs", "editforge.commands.generate_pairs"),
     ("build-dataset", "editforge.commands.build_dataset"),
     ("metrics", "editforge.commands.metrics"),
     ("filter", "editforge.commands.filter"),

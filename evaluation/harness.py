@@ -424,7 +424,7 @@ def _run(specs, items, seeds, out, store, config, endpoint, rubric, batch_size, 
     if not processes.is_main:
         bars = _Bars(generate_total, 0, False)
         try:
-            timings["generation"] = _generate(specs, to_generate, out, batch_size, progress, device, torch_dtype, bars,
+            timings["generation"] = generate_images(specs, to_generate, out, batch_size, progress, device, torch_dtype, bars,
                                               kind, submit=lambda rows: None)
         finally:
             bars.close()
@@ -442,7 +442,7 @@ def _run(specs, items, seeds, out, store, config, endpoint, rubric, batch_size, 
     worker = JudgeWorker(config, *endpoint, on_result).start()
     try:
         worker.submit(to_judge, images)
-        timings["generation"] = _generate(specs, to_generate, out, batch_size, progress, device, torch_dtype, bars,
+        timings["generation"] = generate_images(specs, to_generate, out, batch_size, progress, device, torch_dtype, bars,
                                           kind, submit=lambda rows: worker.submit(rows, images))
         if theirs:
             processes.wait()  # every process has written its share
@@ -469,7 +469,7 @@ def _write_png(image, path: Path) -> None:
     os.replace(partial, path)
 
 
-def _generate(specs, to_generate, out, batch_size, progress, device, torch_dtype, bars, kind, submit) -> float:
+def generate_images(specs, to_generate, out, batch_size, progress, device, torch_dtype, bars, kind, submit) -> float:
     """Make the edits (text-to-image suites: the images) of ``to_generate``, each written
     atomically, handing each batch's rows to ``submit``; returns the seconds spent in the pipelines."""
     import inspect

@@ -138,3 +138,16 @@ def llm_options(args) -> dict:
 
     return {"pricing": Pricing(args.price_in, args.price_out),
             "policy": RetryPolicy(max_attempts=args.max_attempts, max_invalid_answers=args.max_invalid, timeout=args.timeout)}
+
+
+def add_judge_arguments(parser, *, model_flag: str = "--model", default_judge: str, cache_default: str) -> None:
+    """The flags that choose the judge of a command that judges images through the annotation
+    engine: ``--judge oracle``, ``--base-url``, the judge model (``model_flag``: ``--model``, or
+    another name where ``--model`` is the model being run), ``--concurrency`` and ``--cache``."""
+    parser.add_argument("--judge", choices=("oracle",), default=None,
+                        help=f"oracle: the synthetic world's built-in judge on a loopback server ({default_judge})")
+    parser.add_argument("--base-url", default=None, metavar="URL",
+                        help="OpenAI-compatible judge endpoint (default OPENAI_BASE_URL; key from OPENAI_API_KEY)")
+    parser.add_argument(model_flag, default=None, metavar="M", help="judge model (default gpt-4o)")
+    parser.add_argument("--concurrency", type=positive_int, default=8, metavar="N", help="judge requests in flight (default 8)")
+    parser.add_argument("--cache", default=None, metavar="PATH", help=f"judge answer cache (default {cache_default})")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from editforge.vocabulary import RUBRIC_NAMES
 
-from .arguments import positive_int
+from .arguments import add_judge_arguments, positive_int
 from .metrics import add_metric_models
 
 HELP = ("Evaluate editing pipelines side by side on a suite (synthetic, gedit-bench, emu-edit, magicbrush, "
@@ -26,12 +26,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="output folder: results.json, items.jsonl, report.md, grid.png, images/ "
                              "(the same command again resumes there)")
-    parser.add_argument("--judge", choices=("oracle",), default=None,
-                        help="oracle: the synthetic world's built-in judge on a loopback server "
-                             "(default for the synthetic suite)")
-    parser.add_argument("--base-url", default=None, metavar="URL",
-                        help="OpenAI-compatible judge endpoint (default OPENAI_BASE_URL; key from OPENAI_API_KEY)")
-    parser.add_argument("--model", default=None, metavar="M", help="judge model (default gpt-4o)")
+    add_judge_arguments(parser, default_judge="the default for the synthetic suites",
+                        cache_default="DIR/cache/answers.sqlite")
     parser.add_argument("--rubric", choices=RUBRIC_NAMES, default=None,
                         help="judge rubric (default: the suite's; multi-reward for synthetic, viescore-edit for gedit-bench)")
     parser.add_argument("--seeds", default="0", help="sampling seeds, comma-separated (default 0)")
@@ -39,8 +35,6 @@ def add_arguments(parser) -> None:
                         help="call arguments of one model (NAME:) or of all, e.g. reward:rewards=5,5,5 or "
                              "steps=20,guidance_scale=3,image_guidance_scale=1.5; repeatable")
     parser.add_argument("--batch-size", type=positive_int, default=8, metavar="N", help="edits per pipeline call (default 8)")
-    parser.add_argument("--concurrency", type=positive_int, default=8, metavar="N", help="judge requests in flight (default 8)")
-    parser.add_argument("--cache", default=None, metavar="PATH", help="judge answer cache (default DIR/cache/answers.sqlite)")
     parser.add_argument("--on-error", choices=("fail", "skip"), default="fail",
                         help="an item whose source image is unreadable: stop (fail, default) or leave it out and count it (skip)")
     parser.add_argument("--trust-remote-code", action="store_true",
