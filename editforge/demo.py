@@ -242,25 +242,41 @@ def _build_dataset(config: DemoConfig, out: Path, annotated: Path) -> dict:
             "skipped": len(report.skipped)}
 
 
-def _make_base_model(config: DemoConfig, out: Path, dataset_dir: Path) -> dict:
+def dataset_pixels(dataset, columns=("source_image", "edited_image")):
+    """Every image of ``columns`` of a dataset's rows (None cells skipped) as one [N, 3, H, W] tensor in [-1, 1]."""
     import numpy as np
+    import torch
+
+    images = []
+    for row in dataset.select_columns(list(columns)):
+        for key in columns:
+            if row[key] is not None:
+                images.append(np.asarray(row[key].convert("RGB"), dtype=np.float32))
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2) / 127.5 - 1.0
+
+
+def fit_vae(config, pixels, latent_channels: int = 4):
+    """A tiny VAE (``config.vae_channels``) fitted to ``pixels`` for ``config.vae_steps`` steps on random crops
+    of up to 16 px, seeded by ``config.seed``: ``(vae, losses)`` (shared by the demos)."""
+    from editforge.training.autoencoder import tiny_autoencoder, train_autoencoder
+
+    vae_channels = tuple(int(c) for c in config.vae_channels.split(","))
+    vae = tiny_autoencoder(vae_channels, latent_channels=latent_channels, seed=config.seed)
+    losses = train_autoencoder(vae, pixels, steps=config.vae_steps, crop=min(16, config.size),
+                               seed=config.seed, progress=config.progress)
+    return vae, losses
+
+
+def _make_base_model(config: DemoConfig, out: Path, dataset_dir: Path) -> dict:
     import torch
     from datasets import load_dataset
     from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionInstructPix2PixPipeline, UNet2DConditionModel
 
     from editforge.testing.tiny_models import build_clip_tokenizer, synthetic_world_words, tiny_clip_text_encoder
-    from editforge.training.autoencoder import tiny_autoencoder, train_autoencoder
 
     dataset = load_dataset(str(dataset_dir), "default", split="train")
-    images = []
-    for row in dataset.select_columns(["source_image", "edited_image"]):
-        for key in ("source_image", "edited_image"):
-            images.append(np.asarray(row[key].convert("RGB"), dtype=np.float32))
-    pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2) / 127.5 - 1.0
     vae_channels = tuple(int(c) for c in config.vae_channels.split(","))
-    vae = tiny_autoencoder(vae_channels, seed=config.seed)
-    losses = train_autoencoder(vae, pixels, steps=config.vae_steps, crop=min(16, config.size),
-                               seed=config.seed, progress=config.progress)
+    vae, losses = fit_vae(config, dataset_pixels(dataset))
 
     # The vocabulary: the world's words plus every word of the data's instructions and judge feedback
     # (so a failure text is a few word tokens, not letters).
@@ -302,7 +318,10 @@ def _make_base_model(config: DemoConfig, out: Path, dataset_dir: Path) -> dict:
 MODELS = {"baseline": False, "reward": True}  # name -> trained with rewards
 
 
-def _train_arguments(config: DemoConfig, out: Path, base_dir: Path, dataset_dir: Path, name: str) -> list[str]:
+def _train_arguments(config: DemoConfig, out: Path, base_dir: Path, dataset_dir: Path, name: str,
+                     rewards: bool | None = None) -> list[str]:
+    """The training script's flags for model ``name`` (output folder ``out / name``); ``rewards``:
+    reward-conditioned or the plain baseline (default: as :data:`MODELS` says for ``name``)."""
     argv = [
         "--pretrained_model_name_or_path", str(base_dir),
         "--dataset_name", str(dataset_dir),
@@ -320,17 +339,26 @@ def _train_arguments(config: DemoConfig, out: Path, base_dir: Path, dataset_dir:
         "--score_embed_dim", "64",
         "--no-progress", "--logging_steps", "1",
     ]
-    if not MODELS[name]:
+    if not (MODELS[name] if rewards is None else rewards):
         argv.append("--without_rewards")
     return argv
 
 
 def _train(config: DemoConfig, out: Path, base_dir: Path, dataset_dir: Path, names: list[str]) -> dict:
-    """Train the named models with ``training/train_reward_pix2pix.py``, each in its own process.
+    """Train the named models with ``training/train_reward_pix2pix.py``, each in its own process
+    (:func:`train_in_processes`)."""
+    return train_in_processes(config, out, "editforge.training.train_reward_pix2pix",
+                              {name: _train_arguments(config, out, base_dir, dataset_dir, name) for name in names})
 
-    With two or more CPU cores both run at once, the cores split between them: tiny models keep
-    one core busy far better than two, so this is about 1.4x faster than one after the other.
-    The progress bar follows the steps both have logged (``logs/metrics.jsonl``).
+
+def train_in_processes(config, out: Path, module: str, arguments: dict[str, list[str]]) -> dict:
+    """Run the training script ``module`` once per model (``arguments``: name -> its flags, the output
+    folder ``out / name``), each in its own process; return each model's summary (shared by the demos).
+
+    With two or more CPU cores (and ``config.parallel_training``) all run at once, the cores split
+    between them: tiny models keep one core busy far better than two, so this is about 1.4x faster
+    than one after the other. The progress bar follows the steps all have logged
+    (``logs/metrics.jsonl``); ``config.train_steps`` is each model's total.
     """
     import os
     import subprocess
@@ -340,6 +368,7 @@ def _train(config: DemoConfig, out: Path, base_dir: Path, dataset_dir: Path, nam
 
     from editforge.training.core import read_metrics
 
+    names = list(arguments)
     if not names:
         return {}
     cpus = os.cpu_count() or 1
@@ -355,8 +384,7 @@ def _train(config: DemoConfig, out: Path, base_dir: Path, dataset_dir: Path, nam
             if (out / name).exists():
                 shutil.rmtree(out / name)
             log = open(logs / f"train_{name}.log", "w")
-            command = [sys.executable, "-m", "editforge.training.train_reward_pix2pix",
-                       *_train_arguments(config, out, base_dir, dataset_dir, name)]
+            command = [sys.executable, "-m", module, *arguments[name]]
             processes[name] = (subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env), log)
         bar = tqdm(total=config.train_steps * len(group), desc=f"train {' + '.join(group)}", unit="step",
                    disable=not config.progress)
