@@ -126,7 +126,7 @@ class AppPage:
         deadline = time.monotonic() + 2.0
         while "hide" in (tracker.get_attribute("class") or "") and time.monotonic() < deadline:
             time.sleep(0.02)
-        self.page.locator(f"#{elem_id} .wrap.default.full.hide").first.wait_for(state="attached", timeout=15_000)
+        self.page.locator(f"#{elem_id} .wrap.default.full.hide").first.wait_for(state="attached", timeout=120_000)
 
     def set_value(self, elem_id: str, value) -> None:
         """Type into a slider's number box, a number or a text box, as a person does."""
@@ -137,7 +137,7 @@ class AppPage:
     def run(self) -> None:
         self.page.locator("#run").click()
 
-    def results(self, count: int, timeout: float = 30.0) -> list[tuple[Image.Image, str]]:
+    def results(self, count: int, timeout: float = 180.0) -> list[tuple[Image.Image, str]]:
         """Wait for ``count`` results; return them (the images as served, their captions)."""
         thumbnails = self.page.locator("#results .grid-wrap img")
         deadline = time.monotonic() + timeout
@@ -165,7 +165,7 @@ class AppPage:
         img.wait_for()
         return self.fetch_image(img.get_attribute("src"))
 
-    def error(self, timeout: float = 15.0) -> str:
+    def error(self, timeout: float = 120.0) -> str:
         """The text of the error message the page shows (waited for), then closes it."""
         toast = self.page.locator(".toast-body.error [data-testid=toast-text]").first
         toast.wait_for(timeout=timeout * 1000)
@@ -175,7 +175,7 @@ class AppPage:
         self.page.locator("[data-testid=toast-body]").first.wait_for(state="detached")
         return text
 
-    def wait_for_text(self, elem_id: str, pattern, timeout: float = 10.0) -> None:
+    def wait_for_text(self, elem_id: str, pattern, timeout: float = 120.0) -> None:
         self.page.locator(f"#{elem_id}", has_text=pattern).wait_for(timeout=timeout * 1000)
 
     def paint(self, strokes, elem_id: str = "region", image_size: tuple[int, int] | None = None) -> None:

@@ -237,8 +237,10 @@ def test_kill_9_then_rerun_makes_no_image_and_asks_no_answer_twice(world, sd_run
     after = images_in(out)
     assert all(after[name].stat().st_mtime_ns == mtime for name, mtime in before.items())  # never made again
     # the same images as the uninterrupted run with another batch size: each image has its own generator
+    # (up to the float rounding a CPU's batched convolutions change with the batch size: 2 levels of 255)
     for name, path in images_in(sd_run).items():
-        assert np.array_equal(pixels(path.read_bytes()), pixels(after[name].read_bytes())), name
+        difference = np.abs(pixels(path.read_bytes()).astype(int) - pixels(after[name].read_bytes()).astype(int))
+        assert difference.max() <= 2, (name, difference.max())
     uninterrupted = report_of(sd_run)
     assert all(report[k] == uninterrupted[k] for k in ("kept", "dropped", "answers"))
 

@@ -20,7 +20,7 @@ def test_region_masks_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
     config = tiny(out)
     results = run_region_masks_demo(config)
     report = (out / "report.md").read_text()
-    for label in ("free-form (32 channels: noisy, source)", "mask-conditioned (48-style: noisy, source, mask)",
+    for label in ("free-form (8 channels: noisy, source)", "mask-conditioned (12 channels: noisy, source, mask)",
                   "ceiling: ideal edits through the VAE"):
         assert f"| {label} |" in report
     assert "Seeds: data 0, held-out 1000, training 0, evaluation sampling 0,1." in report
@@ -44,16 +44,16 @@ def test_region_masks_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
         config_file = json.loads((out / name / "transformer" / "config.json").read_text())
         assert config_file["in_channels"] == channels
         assert results["training"][name]["steps"] == 2
-    assert set(results["timings_s"]) >= {"data", "dataset", "base_model", "training", "evaluation", "total"}
+    assert set(results["timings_s"]) >= {"data", "dataset", "vae", "base_model", "training", "evaluation", "total"}
     capsys.readouterr()
 
-    # a rerun with more training steps reuses data, dataset and base model; retrains and re-evaluates
+    # a rerun with more training steps reuses the data, the VAE and the base model; retrains and re-evaluates
     edits = out / "eval" / "images" / "mask" / "seed0"
     made = {path.name: path.stat().st_mtime_ns for path in edits.iterdir()}
     config.train_steps = 3
     rerun = run_region_masks_demo(config)
     printed = capsys.readouterr().out
-    assert len(re.findall(r"done before with the same settings", printed)) == 3
+    assert len(re.findall(r"done before with the same settings", printed)) == 5  # data, heldout, dataset, vae, base
     assert rerun["training"]["mask"]["steps"] == 3 and rerun["training"]["free_form"]["steps"] == 3
     assert len((out / "eval" / "items.jsonl").read_text().splitlines()) == 24
     assert sorted(made) == sorted(p.name for p in edits.iterdir())
@@ -63,7 +63,7 @@ def test_region_masks_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
     made = {path.name: path.stat().st_mtime_ns for path in edits.iterdir()}
     run_region_masks_demo(config)
     printed = capsys.readouterr().out
-    assert len(re.findall(r"done before with the same settings", printed)) == 6
+    assert len(re.findall(r"done before with the same settings", printed)) == 8
     assert all(made[path.name] == path.stat().st_mtime_ns for path in edits.iterdir())
 
 

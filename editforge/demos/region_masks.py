@@ -83,15 +83,17 @@ class RegionMasksConfig:
         return tuple(t for t in self.tasks.split(",") if t)
 
 
-_DATA_KEYS = ("seed", "size", "train_items", "eval_items", "imperfect", "tasks")
-_BASE_KEYS = _DATA_KEYS + ("vae_steps", "vae_channels", "latent_channels", "layers", "heads", "head_dim",
-                           "patch_size", "text_width", "shift")
+_DATA_KEYS = ("seed", "size", "train_items", "imperfect", "tasks")
+_HELDOUT_KEYS = ("seed", "size", "eval_items", "tasks")  # held-out edits: changing them retrains nothing
+_VAE_KEYS = _DATA_KEYS + ("vae_steps", "vae_channels", "latent_channels")
+# the rest of the base is cheap to build: changing it keeps the fitted VAE
+_BASE_KEYS = _VAE_KEYS + ("layers", "heads", "head_dim", "patch_size", "text_width", "shift")
 _TRAIN_KEYS = _BASE_KEYS + ("train_steps", "batch_size", "learning_rate", "conditioning_dropout")
-_EVAL_KEYS = _TRAIN_KEYS + ("eval_seeds", "inference_steps", "guidance_scale", "image_guidance_scale")
+_EVAL_KEYS = _TRAIN_KEYS + ("eval_items", "eval_seeds", "inference_steps", "guidance_scale", "image_guidance_scale")
 EVAL_FOLDER = "eval"
 MODELS = {"free_form": False, "mask": True}  # name -> trained --with_mask
-LABELS = {"free_form": "free-form (32 channels: noisy, source)",
-          "mask": "mask-conditioned (48-style: noisy, source, mask)",
+LABELS = {"free_form": "free-form ({two} channels: noisy, source)",
+          "mask": "mask-conditioned ({three} channels: noisy, source, mask)",
           "vae_ceiling": "ceiling: ideal edits through the VAE"}
 PAIRED_RESAMPLES, PAIRED_SEED = 1000, 0
 
@@ -112,20 +114,22 @@ def run_region_masks_demo(config: RegionMasksConfig) -> dict:
     out = writable_dir(config.out)
     stages = _Stages(out, config)
     timings: dict[str, float] = {}
+    cpu_timings: dict[str, float] = {}
     total = 6
-    clock = time.perf_counter()
+    clock, cpu_clock = time.perf_counter(), _cpu_seconds()
 
     def lap(name: str):
-        nonlocal clock
-        now = time.perf_counter()
-        timings[name] = round(now - clock, 1)
-        clock = now
+        nonlocal clock, cpu_clock
+        now, cpu_now = time.perf_counter(), _cpu_seconds()
+        timings[name], cpu_timings[name] = round(now - clock, 1), round(cpu_now - cpu_clock, 1)
+        clock, cpu_clock = now, cpu_now
 
     _stage(1, total, f"synthetic local edits with region masks: {config.train_items} training triplets, "
                      f"{config.eval_items} held-out edits")
-    data = stages.run("data", _DATA_KEYS, lambda: _make_data(config, out),
-                      lambda r: all(Path(p).is_file() for p in r.values()))
-    train_manifest, heldout_manifest = Path(data["train"]), Path(data["heldout"])
+    data = stages.run("data", _DATA_KEYS, lambda: _make_data(config, out, "train"), lambda r: Path(r).is_file())
+    heldout = stages.run("heldout", _HELDOUT_KEYS, lambda: _make_data(config, out, "heldout"),
+                         lambda r: Path(r).is_file())
+    train_manifest, heldout_manifest = Path(data), Path(heldout)
     lap("data")
 
     _stage(2, total, "building the Hub dataset")
@@ -135,7 +139,10 @@ def run_region_masks_demo(config: RegionMasksConfig) -> dict:
     lap("dataset")
 
     _stage(3, total, "tiny SD3 text-to-image base: fitting a VAE to the images and masks")
-    base = stages.run("base_model", _BASE_KEYS, lambda: _make_base_model(config, out, dataset_dir),
+    vae = stages.run("vae", _VAE_KEYS, lambda: _fit_vae(config, out, dataset_dir),
+                     lambda r: (Path(r["folder"]) / "config.json").is_file())
+    lap("vae")
+    base = stages.run("base_model", _BASE_KEYS, lambda: _make_base_model(config, out, dataset_dir, vae),
                       lambda r: (Path(r["folder"]) / "model_index.json").is_file())
     base_dir = Path(base["folder"])
     lap("base_model")
@@ -160,6 +167,7 @@ def run_region_masks_demo(config: RegionMasksConfig) -> dict:
     results = {
         "config": asdict(config),
         "timings_s": timings,
+        "cpu_seconds": cpu_timings,
         "dataset": dataset_stats,
         "base_model": base,
         "training": training,
@@ -169,22 +177,37 @@ def run_region_masks_demo(config: RegionMasksConfig) -> dict:
         "pipeline_folders": {name: str(out / name) for name in MODELS},
     }
     _write_report(config, out, results, evaluation)
-    timings["report"] = round(time.perf_counter() - clock, 1)
-    timings["total"] = round(sum(v for k, v in timings.items() if k != "total"), 1)
+    lap("report")
+    for times in (timings, cpu_timings):
+        times["total"] = round(sum(v for k, v in times.items() if k != "total"), 1)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print((out / "report.md").read_text())
     return results
 
 
-def _make_data(config: RegionMasksConfig, out: Path) -> dict:
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (the training processes), all cores."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _make_data(config: RegionMasksConfig, out: Path, split: str) -> str:
+    """The training triplets (seed ``seed``) or the clean held-out edits (seed ``seed + 1000``): a manifest."""
     from editforge.dataset_builders.synthetic import write_synthetic_dataset
 
+    folder = out / "data" / split
+    if folder.exists():
+        shutil.rmtree(folder)  # made with other settings
     common = dict(width=config.size, height=config.size, progress=config.progress, tasks=config.task_list)
-    train = write_synthetic_dataset(out / "data" / "train", n=config.train_items, seed=config.seed,
-                                    imperfect_rate=config.imperfect, **common)
-    heldout = write_synthetic_dataset(out / "data" / "heldout", n=config.eval_items, seed=config.seed + 1_000,
-                                      imperfect_rate=0.0, **common)
-    return {"train": str(train), "heldout": str(heldout)}
+    if split == "train":
+        manifest = write_synthetic_dataset(folder, n=config.train_items, seed=config.seed,
+                                           imperfect_rate=config.imperfect, **common)
+    else:
+        manifest = write_synthetic_dataset(folder, n=config.eval_items, seed=config.seed + 1_000, imperfect_rate=0.0,
+                                           **common)
+    return str(manifest)
 
 
 def _build_dataset(config: RegionMasksConfig, out: Path, manifest: Path) -> dict:
@@ -200,20 +223,34 @@ def _build_dataset(config: RegionMasksConfig, out: Path, manifest: Path) -> dict
             "with_mask": sum(m is not None for m in dataset["mask_image"]), "skipped": len(report.skipped)}
 
 
-def _make_base_model(config: RegionMasksConfig, out: Path, dataset_dir: Path) -> dict:
-    """A text-to-image ``StableDiffusion3Pipeline`` of tiny components; the VAE fitted to the data's
-    sources, edits and masks (the mask model encodes its mask with the same VAE, as UltraEdit does)."""
-    import torch
+def _fit_vae(config: RegionMasksConfig, out: Path, dataset_dir: Path) -> dict:
+    """The base's VAE, fitted to the training data's sources, edits and masks (the mask model encodes its
+    mask with the same VAE, as UltraEdit does)."""
     from datasets import load_dataset
-    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
-
-    from editforge.testing.tiny_models import build_clip_tokenizer, synthetic_world_words, tiny_clip_text_encoder
 
     dataset = load_dataset(str(dataset_dir), "default", split="train")
     pixels = dataset_pixels(dataset, ("source_image", "edited_image", "mask_image"))
     vae, losses = fit_vae(config, pixels, latent_channels=config.latent_channels)
     # unscaled condition latents (UltraEdit's convention) never use the shift; SD3's decode path reads it
     vae.register_to_config(shift_factor=0.0)
+    folder = out / "vae"
+    vae.save_pretrained(folder)
+    tail = losses[-50:] or [float("nan")]
+    return {"folder": str(folder), "vae_steps": config.vae_steps, "vae_images": len(pixels),
+            "final_mse": round(sum(tail) / len(tail), 5), "scaling_factor": round(vae.config.scaling_factor, 4)}
+
+
+def _make_base_model(config: RegionMasksConfig, out: Path, dataset_dir: Path, vae_info: dict) -> dict:
+    """A text-to-image ``StableDiffusion3Pipeline`` of tiny components: the fitted VAE, two tiny CLIP text
+    encoders (no T5), a random ``SD3Transformer2DModel``, SD3's flow-matching scheduler."""
+    import torch
+    from datasets import load_dataset
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    from editforge.testing.tiny_models import build_clip_tokenizer, synthetic_world_words, tiny_clip_text_encoder
+
+    dataset = load_dataset(str(dataset_dir), "default", split="train")
+    vae = AutoencoderKL.from_pretrained(vae_info["folder"])
     downsampling = 2 ** (len(config.vae_channels.split(",")) - 1)
     latent_side = config.size // downsampling
     if latent_side % config.patch_size:
@@ -244,11 +281,10 @@ def _make_base_model(config: RegionMasksConfig, out: Path, dataset_dir: Path) ->
         text_encoder_3=None, tokenizer_3=None,
     )
     folder = out / "base"
+    if folder.exists():
+        shutil.rmtree(folder)
     pipe.save_pretrained(folder)
-    tail = losses[-50:] or [float("nan")]
-    return {"folder": str(folder), "vae_steps": config.vae_steps, "vae_images": len(pixels),
-            "final_mse": round(sum(tail) / len(tail), 5), "scaling_factor": round(vae.config.scaling_factor, 4),
-            "latent_shape": [config.latent_channels, latent_side, latent_side],
+    return {**vae_info, "folder": str(folder), "latent_shape": [config.latent_channels, latent_side, latent_side],
             "image_tokens": (latent_side // config.patch_size) ** 2,
             "transformer_parameters": sum(p.numel() for p in transformer.parameters()),
             "text_encoder_parameters": sum(p.numel() for e in encoders for p in e.parameters())}
@@ -283,8 +319,11 @@ def _evaluate(config: RegionMasksConfig, out: Path, stages: _Stages, base_dir: P
     from editforge.evaluation import ModelSpec, evaluate
 
     folder = out / EVAL_FOLDER
-    if stages.get("evaluation", _EVAL_KEYS) is None and folder.exists():
-        shutil.rmtree(folder)  # run with other models or settings: its edits and answers are not these
+    if stages.get("evaluation", _EVAL_KEYS) is None:
+        # run with other models, VAE or settings: its edits, answers and ceiling images are not these
+        for old in (folder, out / CEILING_FOLDER):
+            if old.exists():
+                shutil.rmtree(old)
     stages.put("evaluation", _EVAL_KEYS, {"folder": str(folder)})
     ceiling = _vae_ceiling(out, base_dir, heldout_manifest)
     asked = {"num_inference_steps": config.inference_steps, "guidance_scale": config.guidance_scale,
@@ -401,7 +440,8 @@ def _write_report(config: RegionMasksConfig, out: Path, results: dict, evaluatio
         fa, dp, dpf = s["following_accuracy"], s["mean_detail_preserving"], s["dp_when_following"]
         per_seed = ", ".join(percent(v) for v in fa["per_seed"].values())
         dp_seed = ", ".join(number(v) for v in dp["per_seed"].values())
-        return (f"| {LABELS[name]} | **{percent(fa['value'])}%**{interval(fa['ci95'], percent)} ({per_seed}) | "
+        label = LABELS[name].format(two=2 * config.latent_channels, three=3 * config.latent_channels)
+        return (f"| {label} | **{percent(fa['value'])}%**{interval(fa['ci95'], percent)} ({per_seed}) | "
                 f"{number(s['mean_instruction_following']['value'])} | "
                 f"**{number(dp['value'])}**{interval(dp['ci95'])} ({dp_seed}) | "
                 f"{number(dpf['value'])}{interval(dpf['ci95'])} | {number(s['mean_generation_quality']['value'])} | "
@@ -496,7 +536,8 @@ Per task (all eval seeds):
   {training["free_form"]["final_loss"]}), mask {training["mask"]["seconds"]} s (final loss {training["mask"]["final_loss"]}).
 - Evaluation: {config.eval_items} held-out edits x {len(config.eval_seeds.split(","))} seeds, {config.inference_steps}
   flow-matching Euler steps, text guidance {config.guidance_scale}, image guidance {config.image_guidance_scale}.
-- Time per stage (s): {results["timings_s"]}.
+- Time per stage (s, wall clock): {results["timings_s"]}; CPU seconds (all processes, both cores):
+  {results["cpu_seconds"]}.
 
 The mask-conditioned pipeline is in `{out / "mask"}`:
 

@@ -198,6 +198,7 @@ def run_filtering_demo(config: FilteringConfig) -> dict:
         "training": training,
         "scores": _scores(evaluation),
         "paired": _paired(_item_rows(out / EVAL_FOLDER), "filtered", "unfiltered", evaluation.groups),
+        "ultraedit_thresholds": _preset_check(scored, Path(data["candidates"])),
         "evaluation_folder": str(out / EVAL_FOLDER),
     }
     timings["report"] = round(time.perf_counter() - clock, 1)
@@ -502,6 +503,23 @@ def _filter(config: FilteringConfig, out: Path, scored: dict, candidates_manifes
     }
 
 
+def _preset_check(scored: dict, candidates_manifest: Path) -> dict:
+    """What UltraEdit's own free-form thresholds (made for CLIP ViT-L/14; without the DINOv2 one, whose
+    encoder is random here) would keep of the candidates, by ``editforge filter``'s selection code."""
+    import numpy as np
+
+    from editforge.dataset_builders.metrics.dataset_io import load_edit_dataset
+    from editforge.dataset_builders.metrics.filtering import PRESETS, select_rows
+
+    data = load_edit_dataset(scored["folder"])
+    thresholds = {k: v for k, v in PRESETS["ultraedit-free-form"].items() if k != "dinov2_sim"}
+    metrics = {k: v.astype(np.float32) for k, v in _metric_arrays(data).items()}
+    kept, _ = select_rows(metrics, thresholds)
+    ids = data["id"]
+    return {"thresholds": thresholds, "examples": len(kept),
+            **_filter_quality(_ground_truth(candidates_manifest), {ids[i] for i in kept})}
+
+
 def _write_subset(config: FilteringConfig, folder: Path, scored_dir: Path, indices: list[int]) -> Path:
     """Rows ``indices`` of the scored candidates as a dataset folder, through the same writer as
     ``editforge filter`` (its card says it is a random subset)."""
@@ -668,7 +686,7 @@ def _paired(rows: list[dict], a: str, b: str, groups) -> dict:
 
 def _write_report(config: FilteringConfig, out: Path, results: dict) -> None:
     scores, paired, flt, enc = results["scores"], results["paired"], results["filter"], results["encoder"]
-    training, timings = results["training"], results["timings_s"]
+    training, timings, preset = results["training"], results["timings_s"], results["ultraedit_thresholds"]
 
     def percent(value):
         return "-" if value is None else f"{100 * value:.1f}"
@@ -715,11 +733,13 @@ def _write_report(config: FilteringConfig, out: Path, results: dict) -> None:
         f"{number(unfiltered['per_task'][t]['mean_generation_quality'])} -> "
         f"{number(filtered['per_task'][t]['mean_generation_quality'])} |" for t in tasks)
     quality = flt["filtered"]
-    removed = flt["filtered"]["removed_share"]
+    candidates = flt["composition"]["candidates"]["examples"]
+    removed = {**flt["filtered"]["removed_share"],
+               "(all candidates)": 1 - flt["filtered"]["examples"] / max(1, candidates)}
     counts = flt["filtered"]["failure_counts"]
+    kind_counts = {"(no failure)": quality["clean_candidates"], "(all candidates)": candidates}
     removed_rows = "\n".join(
-        f"| {kind} | {counts.get(kind, quality['clean_candidates'] if kind == '(no failure)' else 0)} | "
-        f"{percent(share)}% |" for kind, share in removed.items())
+        f"| {kind} | {kind_counts.get(kind, counts.get(kind))} | {percent(share)}% |" for kind, share in removed.items())
     comp = flt["composition"]
     means = flt["metric_means"]
     mean_rows = "\n".join(f"| {group} | {m['count']} | " + " | ".join(number(m[n]) for n in FILTER_METRICS) + " |"
@@ -750,10 +770,18 @@ Per task (following accuracy; mean DP and GQ, unfiltered -> filtered):
 
 ## The filter
 
-Thresholds ({config.thresholds}; `qP` is the P-quantile of that metric over the {comp['candidates']['examples']}
-candidates, no ground truth used): {thresholds}. Kept {flt['filtered']['examples']} of
-{comp['candidates']['examples']} candidates. `dinov2_sim` is computed (by a tiny *random* DINOv2, only
-because `editforge metrics` computes it) and never filtered on.
+Thresholds `{config.thresholds}` (`rP`: the P-quantile of that metric over the {results['metrics']['reference_scored']}
+reference edits, the encoder world's held-out perfect edits, so `r0.05` keeps about 95% of good edits per
+metric, as UltraEdit's thresholds are meant to; `qP`: the P-quantile over the {comp['candidates']['examples']}
+candidates; no candidate's ground truth is used): {thresholds}. Kept {flt['filtered']['examples']} of
+{comp['candidates']['examples']} candidates (a candidate is kept when every value is at least its threshold;
+failing each threshold: {', '.join(f'`{k}` {v}' for k, v in flt['below'].items())}). `dinov2_sim` is computed
+(by a tiny *random* DINOv2, only because `editforge metrics` computes it) and never filtered on; SSIM is
+recorded (as UltraEdit does) and filtered on only if `--thresholds` names it. UltraEdit's own free-form
+thresholds (for CLIP ViT-L/14: {', '.join(f'`{k}` >= {v:g}' for k, v in preset['thresholds'].items())}; DINOv2's
+left out) would keep {preset['examples']} candidates here, {percent(preset['perfect']['precision'])}% flawless and
+{percent(preset['following']['precision'])}% following (recall of flawless ones {percent(preset['perfect']['recall'])}%):
+the scale of a {enc['parameters']:,}-parameter encoder is not CLIP-L's.
 
 Against the world's ground truth: as a detector of flawless candidates (IF = DP = GQ = 5) precision
 {percent(quality['perfect']['precision'])}%, recall {percent(quality['perfect']['recall'])}%; of candidates that
@@ -766,6 +794,9 @@ follow their instruction (IF = 5) precision {percent(quality['following']['preci
 | ground-truth failure (a candidate may have two) | candidates | removed by the filter |
 |---|---|---|
 {removed_rows}
+
+A failure kind the metrics cannot see is removed at about the rate of all candidates (last row): only
+through the failures it comes with.
 
 Mean metric per ground-truth failure (candidates with exactly one failure; "none": flawless by construction):
 
