@@ -31,14 +31,11 @@ def score_quality(rows: list[dict], items: dict, out: Path, store, *, clip_model
                   batch_size: int = 16, device: str | None = None, progress: bool = True) -> int:
     """Compute the metrics of ``rows`` (items.jsonl lines, each edit under ``out``) and write them back
     into ``store``; ``items`` maps item ids to :class:`~.suites.SuiteItem`. Returns how many were scored."""
-    import numpy as np
-    import torch
     from PIL import Image
     from tqdm.auto import tqdm
 
     from editforge.dataset_builders.metrics import ClipEncoder, Dinov2Encoder, score_batch
-    from editforge.dataset_builders.metrics.clip import preprocess_many
-    from editforge.dataset_builders.metrics.scoring import _caption
+    from editforge.dataset_builders.metrics.scoring import _caption, prepare_items
 
     from .harness import _open_rgb
 
@@ -63,13 +60,8 @@ def score_quality(rows: list[dict], items: dict, out: Path, store, *, clip_model
                     "idx": k, "id": row["item"],
                     "source_caption": _caption(item.reference.get("source_caption")),
                     "target_caption": _caption(item.reference.get("target_caption")),
-                    "pixels": tuple(torch.from_numpy(np.array(p)).permute(2, 0, 1) for p in (source, edited)),
                 })
-            flat = [p for pair in pictures for p in pair]
-            for name, processor in (("clip", clip.image_processor), ("dinov2", dinov2.image_processor)):
-                tensors = preprocess_many(processor, flat)
-                for k, entry in enumerate(prepared):
-                    entry[name] = (tensors[2 * k], tensors[2 * k + 1])
+            prepare_items(prepared, pictures, clip.image_processor, dinov2.image_processor)
             for row, values in zip(batch, score_batch(prepared, clip, dinov2)):
                 store.append({**row, QUALITY: {**{name: values[name] for name in METRIC_NAMES}, "models": models}})
             bar.update(len(batch))

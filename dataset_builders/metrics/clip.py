@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .preprocessing import preprocess_many
+
 DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
 
 
@@ -47,11 +49,3 @@ class ClipEncoder:
         out = self.model.get_text_features(input_ids=tokens["input_ids"].to(self.device),
                                            attention_mask=tokens["attention_mask"].to(self.device))
         return F.normalize(out.pooler_output.float(), dim=-1)
-
-
-def preprocess_many(image_processor, images: list) -> list[torch.Tensor]:
-    """Run a transformers image processor on images in one call; ``[3, h, w]`` float32 each (the
-    sizes may differ when the processor does not crop to one size)."""
-    if len({image.size for image in images}) > 1 and not getattr(image_processor, "do_center_crop", False):
-        return [image_processor(images=[image], return_tensors="pt")["pixel_values"][0] for image in images]
-    return list(image_processor(images=list(images), return_tensors="pt")["pixel_values"])

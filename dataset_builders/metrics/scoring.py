@@ -50,8 +50,9 @@ from editforge.vocabulary import METRIC_NAMES
 from ..errors import BAD_FIELD, CORRUPT_IMAGE, MISSING_FILE, SIZE_MISMATCH, ZERO_SIZE, ItemError
 from ..images import to_rgb
 from ..shard_writer import source_stamp
-from .clip import DEFAULT_CLIP_MODEL, ClipEncoder, preprocess_many
+from .clip import DEFAULT_CLIP_MODEL, ClipEncoder
 from .dinov2 import DEFAULT_DINOV2_MODEL, Dinov2Encoder
+from .preprocessing import preprocess_many
 from .ssim import WIN_SIZE, structural_similarity
 
 STORE_NAME = "metrics.sqlite"
@@ -147,13 +148,8 @@ class TripletImages(torch.utils.data.Dataset):
             if pair is not None:
                 images.append((item, pair))
         if images:
-            pictures = [pair[0] for _, pair in images] + [pair[1] for _, pair in images]
-            clip = preprocess_many(self.clip_processor, pictures)
-            dinov2 = preprocess_many(self.dinov2_processor, pictures)
-            n = len(images)
-            for k, (item, _) in enumerate(images):
-                item["clip"] = (clip[k], clip[n + k])
-                item["dinov2"] = (dinov2[k], dinov2[n + k])
+            prepare_items([item for item, _ in images], [pair for _, pair in images], self.clip_processor,
+                          self.dinov2_processor)
         return items
 
     def _decode(self, index: int, row: dict):
@@ -169,13 +165,30 @@ class TripletImages(torch.utils.data.Dataset):
                                 f"at least {WIN_SIZE}x{WIN_SIZE} pixels", "source_image")
         except ItemError as err:
             return {"idx": index, "id": item_id, "error": err.to_dict()}, None
-        item = {
-            "idx": index, "id": item_id,
-            "source_caption": _caption(row["source_caption"]), "target_caption": _caption(row["target_caption"]),
-            "pixels": (torch.from_numpy(np.array(source)).permute(2, 0, 1),
-                       torch.from_numpy(np.array(edited)).permute(2, 0, 1)),
-        }
+        item = {"idx": index, "id": item_id,
+                "source_caption": _caption(row["source_caption"]), "target_caption": _caption(row["target_caption"])}
         return item, (source, edited)
+
+
+def prepare_items(items: list[dict], pairs: list[tuple], clip_processor, dinov2_processor) -> None:
+    """Everything :func:`score_batch` needs but the models, for each item and its (source, edited) RGB
+    pair: ``item["clip"]`` and ``item["dinov2"]`` (each model's processor output for the two images)
+    and ``item["ssim"]`` (same-size pairs in one batched call). DataLoader workers run it beside the
+    decoding, so the model's process only runs the models."""
+    pictures = [source for source, _ in pairs] + [edited for _, edited in pairs]
+    n = len(pairs)
+    for name, processor in (("clip", clip_processor), ("dinov2", dinov2_processor)):
+        tensors = preprocess_many(processor, pictures)
+        for k, item in enumerate(items):
+            item[name] = (tensors[k], tensors[n + k])
+    groups: dict[tuple, list[int]] = {}
+    for k, (source, _) in enumerate(pairs):
+        groups.setdefault(source.size, []).append(k)
+    for group in groups.values():
+        source = torch.from_numpy(np.stack([np.asarray(pairs[k][0]) for k in group])).permute(0, 3, 1, 2).double() / 255.0
+        edited = torch.from_numpy(np.stack([np.asarray(pairs[k][1]) for k in group])).permute(0, 3, 1, 2).double() / 255.0
+        for k, value in zip(group, structural_similarity(source, edited)):
+            items[k]["ssim"] = float(value)
 
 
 def _as_list(batch):
@@ -202,34 +215,27 @@ def _encode(encode, tensors: list[torch.Tensor]) -> torch.Tensor:
 
 
 def score_batch(items: list[dict], clip: ClipEncoder, dinov2: Dinov2Encoder) -> list[dict]:
-    """Metrics of prepared items (from :class:`TripletImages`): ``{idx, id, <metric>: float | None}``."""
+    """Metrics of prepared items (:func:`prepare_items`): ``{idx, id, <metric>: float | None}``."""
     n = len(items)
     if n == 0:
         return []
     image = _encode(clip.encode_images, [it["clip"][0] for it in items] + [it["clip"][1] for it in items])
     i_src, i_edit = image[:n], image[n:]
-    texts, where = [], {}
+    texts, where = {}, {}  # each distinct caption encoded once (candidates of one edit share theirs)
     for k, it in enumerate(items):
         for name in ("source_caption", "target_caption"):
             if it[name] is not None:
-                where[(k, name)] = len(texts)
-                texts.append(it[name])
-    t = clip.encode_texts(texts) if texts else None
+                where[(k, name)] = texts.setdefault(it[name], len(texts))
+    t = clip.encode_texts(list(texts)) if texts else None
     dino = _encode(dinov2.encode_images, [it["dinov2"][0] for it in items] + [it["dinov2"][1] for it in items])
     dino_sim = F.cosine_similarity(dino[:n], dino[n:], dim=-1)
     image_sim = F.cosine_similarity(i_src, i_edit, dim=-1)
-    ssims = [None] * n
-    for group in _by_shape([it["pixels"][0] for it in items]):
-        src = torch.stack([items[k]["pixels"][0] for k in group]).double() / 255.0
-        edit = torch.stack([items[k]["pixels"][1] for k in group]).double() / 255.0
-        for k, value in zip(group, structural_similarity(src, edit)):
-            ssims[k] = float(value)
 
     results = []
     for k, it in enumerate(items):
         s, g = where.get((k, "source_caption")), where.get((k, "target_caption"))
         row = {"idx": it["idx"], "id": it["id"], "clip_sim_image": float(image_sim[k]), "dinov2_sim": float(dino_sim[k]),
-               "ssim": ssims[k], "clip_sim_source": None, "clip_sim_target": None, "clip_sim_dir": None}
+               "ssim": it["ssim"], "clip_sim_source": None, "clip_sim_target": None, "clip_sim_dir": None}
         if s is not None:
             row["clip_sim_source"] = float(F.cosine_similarity(i_src[k], t[s], dim=-1))
         if g is not None:
@@ -416,4 +422,4 @@ def _write_output(data, out, config, split, store, signature, on_error, max_shar
     return shards
 
 
-__all__ = ["DEFAULT_CLIP_MODEL", "DEFAULT_DINOV2_MODEL", "METRIC_NAMES", "MetricsReport", "compute_metrics", "score_batch"]
+__all__ = ["DEFAULT_CLIP_MODEL", "DEFAULT_DINOV2_MODEL", "METRIC_NAMES", "MetricsReport", "compute_metrics", "prepare_items", "score_batch"]
