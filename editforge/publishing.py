@@ -16,6 +16,9 @@ A :class:`PublishSpec` says how one pipeline class becomes a Hub repo folder:
   stock class is taken for this spec (and refused, naming the missing component, with a hint to the
   stock spec): a reward model that lost its conditioner is never published as a plain model by
   accident.
+* ``auto_detect``: whether :func:`detect_spec` may pick this spec for its class. One class can have
+  several stock specs (a ``StableDiffusionPipeline`` is published as ``diffusion_dpo`` when nothing
+  is named, or as ``text_to_image``); the others set ``auto_detect=False`` and are chosen by name.
 
 LoRA files and other weight files (a widened patch embedding, say) are not part of a spec: they
 are arguments of ``publish_pipeline`` (``lora_weights=``, ``extra_weights=``), checked and listed on
@@ -78,6 +81,7 @@ class PublishSpec:
     base_class: str | None = None
     pipeline_tag: str = "image-to-image"
     code_package: str = CODE_PACKAGE
+    auto_detect: bool = True
 
     def __post_init__(self):
         components = {}
@@ -125,6 +129,8 @@ class PublishSpec:
                 refuse(f"{folder}: class_name {code.class_name!r} is not a class name")
         if self.card_fields_from_folder is not None and not callable(self.card_fields_from_folder):
             refuse("card_fields_from_folder must be a function of the staged folder")
+        if not isinstance(self.auto_detect, bool):
+            refuse(f"auto_detect must be True or False, got {self.auto_detect!r}")
 
 
 def _is_source_name(name) -> bool:
@@ -166,12 +172,14 @@ def detect_spec(class_name: str) -> PublishSpec:
 
     In order: the spec that ships code for ``class_name``; the spec whose ``base_class`` it is (the
     pipeline then lacks that spec's components, and publishing says which); the stock spec of
-    ``class_name``. Two candidates at one step is an error naming both.
+    ``class_name``. Only specs with ``auto_detect`` take part. Two candidates at one step is an error
+    naming both.
     """
+    detectable = [s for s in SPECS.values() if s.auto_detect]
     steps = (
-        [s for s in SPECS.values() if s.ships_code and s.pipeline_class == class_name],
-        [s for s in SPECS.values() if s.ships_code and s.base_class == class_name],
-        [s for s in SPECS.values() if not s.ships_code and s.pipeline_class == class_name],
+        [s for s in detectable if s.ships_code and s.pipeline_class == class_name],
+        [s for s in detectable if s.ships_code and s.base_class == class_name],
+        [s for s in detectable if not s.ships_code and s.pipeline_class == class_name],
     )
     for candidates in steps:
         if len(candidates) == 1:
@@ -179,14 +187,19 @@ def detect_spec(class_name: str) -> PublishSpec:
         if candidates:
             names = ", ".join(repr(s.name) for s in candidates)
             raise UsageError(f"several publishing specs fit a {class_name}: {names}; choose one (spec=..., --spec)")
+    named = [s.name for s in SPECS.values() if class_name in (s.pipeline_class, s.base_class)]
+    if named:
+        raise UsageError(f"a {class_name} is published by naming its spec: {', '.join(named)} (spec=..., --spec)")
     known = ", ".join(f"{s.name} ({s.pipeline_class})" for s in sorted(SPECS.values(), key=lambda s: s.name))
     raise UsageError(f"no publishing spec for a {class_name} pipeline; known specs: {known}."
                      " Add one in editforge/publishing.py, or pass spec=...")
 
 
 def stock_alternatives(class_name: str) -> list[PublishSpec]:
-    """Registered stock specs that publish ``class_name`` as it is (for hints in error messages)."""
-    return [s for s in SPECS.values() if not s.ships_code and s.pipeline_class == class_name]
+    """Registered stock specs that publish ``class_name`` as it is (for hints in error messages), the
+    one :func:`detect_spec` picks first."""
+    found = [s for s in SPECS.values() if not s.ships_code and s.pipeline_class == class_name]
+    return sorted(found, key=lambda s: not s.auto_detect)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -325,6 +338,15 @@ register_spec(PublishSpec(
     template="diffusion_dpo",
     tags=("text-to-image", "diffusion-dpo"),
     pipeline_tag="text-to-image",
+))
+
+register_spec(PublishSpec(
+    name="text_to_image",
+    pipeline_class="StableDiffusionPipeline",
+    template="text_to_image",
+    tags=("text-to-image", "stable-diffusion"),
+    pipeline_tag="text-to-image",
+    auto_detect=False,  # a StableDiffusionPipeline folder without a spec stays diffusion_dpo's
 ))
 
 register_spec(PublishSpec(

@@ -151,7 +151,7 @@ def main(argv: list[str] | DiffusionDPOConfig | None = None, keep_pipeline: bool
     from editforge.training.objectives import (diffusion_dpo_loss, dpo_logits, noise_like, sample_timesteps, target_for,
                                                weighted_mse)
     from editforge.training.samplers import ShapeBatchSampler
-    from editforge.training.validation import validation_rows, write_validation_grid
+    from editforge.training.validation import prompt_renderer, validation_rows, write_validation_grid
 
     config = argv if isinstance(argv, DiffusionDPOConfig) else parse_config(DiffusionDPOConfig, argv, prog="train_diffusion_dpo.py")
     trainer = Trainer(config, project_name="diffusion-dpo")
@@ -245,19 +245,10 @@ def main(argv: list[str] | DiffusionDPOConfig | None = None, keep_pipeline: bool
         config.dataset_name, config.dataset_config_name, split, cache_dir=config.cache_dir, keep_ties=True))
 
     def validate(step: int):
-        if not (trainer.is_main_process and rows):
-            return
-        pipe = build_pipeline(None)
-
-        def render(i, row):  # the preferred image beside the model's image for its prompt
-            preferred = row["image_0" if row["label_0"] >= 0.5 else "image_1"].convert("RGB")
-            preferred = preferred.resize((config.resolution, config.resolution))
-            return preferred, pipe(row["prompt"], height=config.resolution, width=config.resolution,
-                                   num_inference_steps=config.validation_inference_steps,
-                                   guidance_scale=config.validation_guidance_scale,
-                                   generator=torch.Generator().manual_seed(config.seed + i)).images[0]
-
-        write_validation_grid(trainer, step, rows, render)
+        if trainer.is_main_process and rows:  # the preferred image beside the model's image for its prompt
+            render = prompt_renderer(config, build_pipeline(None), "prompt",
+                                     lambda row: row["image_0" if row["label_0"] >= 0.5 else "image_1"])
+            write_validation_grid(trainer, step, rows, render)
 
     result = trainer.train(compute_loss, validate)
     training = output.training_card_fields(config, result, dataset)

@@ -1,4 +1,5 @@
-"""Validation grids during training: each row an input image beside what the model made of it."""
+"""Validation grids during training: each row an input image beside what the model made of it
+(an edit of it, or an image for its prompt)."""
 
 from __future__ import annotations
 
@@ -67,5 +68,23 @@ def edit_renderer(config, pipe, with_mask: bool = False, **call_kwargs) -> Calla
                       image_guidance_scale=config.validation_image_guidance_scale,
                       generator=torch.Generator().manual_seed(config.seed + i), **extra).images[0]
         return (*tiles, edited)
+
+    return render
+
+
+def prompt_renderer(config, pipe, prompt: str, reference: Callable[[object], object]) -> Callable[[int, object], tuple]:
+    """``render`` for a text-to-image pipeline: each row's ``reference(row)`` image (the data's image for
+    the prompt, fitted to the resolution) beside the pipeline's image for the row's ``prompt`` column,
+    seeded by (seed + row number)."""
+    import torch
+
+    from .data import fit
+
+    def render(i, row):
+        (image,) = fit([reference(row).convert("RGB")], config.resolution, config.resolution)
+        return image, pipe(row[prompt], height=config.resolution, width=config.resolution,
+                           num_inference_steps=config.validation_inference_steps,
+                           guidance_scale=config.validation_guidance_scale,
+                           generator=torch.Generator().manual_seed(config.seed + i)).images[0]
 
     return render

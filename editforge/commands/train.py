@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "Train a model: `editforge train METHOD --help` (reward-pix2pix, dpo, sd3-pix2pix) lists the flags (same as the script's)."
+HELP = ("Train a model: `editforge train METHOD --help` (reward-pix2pix, dpo, sd3-pix2pix, text-to-image) lists the"
+        " flags (same as the script's).")
 
 # method -> the training script's module (each has main(argv))
 METHODS = {"reward-pix2pix": "editforge.training.train_reward_pix2pix", "dpo": "editforge.training.train_diffusion_dpo",
-           "sd3-pix2pix": "editforge.training.train_sd3_pix2pix"}
+           "sd3-pix2pix": "editforge.training.train_sd3_pix2pix", "text-to-image": "editforge.training.train_text_to_image"}
 
 
 def add_arguments(parser) -> None:
