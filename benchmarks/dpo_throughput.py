@@ -59,8 +59,9 @@ RESULT = HERE / "results" / "dpo_throughput.json"
 OUR_SCRIPT = ROOT / "training" / "train_diffusion_dpo.py"
 THEIR_SCRIPT = Path("examples") / "research_projects" / "diffusion_dpo" / "train_diffusion_dpo.py"
 RUNNER = HERE / "run_training_script.py"
-# editforge_cached: ours with --cache_latents (both images of every pair encoded once before training,
-# the VAE's mode; that encoding is start-up, outside the timed window)
+# editforge_cached: ours with --cache_latents --cache_text_embeddings (both images of every pair encoded
+# once before training, the VAE's mode, and each distinct prompt once; that encoding is start-up, outside
+# the timed window, and inside each run's wall time, which is reported beside the rate)
 VARIANTS = ("editforge", "editforge_cached", "diffusers")
 RESOLUTION = 32
 BETA = {"editforge": 5000, "editforge_cached": 5000, "diffusers": 2500}  # one loss: ours is the paper's beta, theirs half of it
@@ -136,7 +137,7 @@ def command(variant: str, base: Path, pickapic: Path, pairs: Path, out: Path, st
                 "--lr_warmup_steps", "0", "--vae_encode_batch_size", str(2 * batch), "--report_to", "all"]
     ours = [*runner, str(OUR_SCRIPT), *common, "--dataset_name", str(pairs), "--alignment", "single_pair",
             "--center_crop", "--num_validation_images", "0", "--no-progress", "--report_to", "none"]
-    return [*ours, "--cache_latents"] if variant == "editforge_cached" else ours
+    return [*ours, "--cache_latents", "--cache_text_embeddings"] if variant == "editforge_cached" else ours
 
 
 def main() -> None:
@@ -177,6 +178,7 @@ def main() -> None:
     rate = {v: statistics.median(r["samples_per_s"] for r in runs[v]) for v in VARIANTS}
     cpu_rate = {v: statistics.median(r["samples_per_cpu_s"] for r in runs[v]) for v in VARIANTS}
     peak = {v: statistics.median(r["peak_rss_mb"] for r in runs[v]) for v in VARIANTS}
+    wall = {v: statistics.median(r["wall_s"] for r in runs[v]) for v in VARIANTS}
     ratio = round(rate["editforge"] / rate["diffusers"], 3)
     result = {
         "benchmark": "dpo_throughput",
@@ -193,7 +195,8 @@ def main() -> None:
                   "threads": "OMP_NUM_THREADS=1 for both scripts",
                   "timing": "samples/s = pairs per second between the backward() of step warmup and of the last step "
                             "(run_training_script.py times each Accelerator.backward); start-up, data preparation "
-                            "and saving are outside that window",
+                            "and saving are outside that window; wall_s: each process from start to exit (imports, "
+                            "loading, caching, training, saving)",
                   "cpu_timing": "samples_per_cpu_s: the same steps over the process's CPU time (time.process_time() "
                                 "at each backward, run_training_script.py --cpu-times): a cross-check that the "
                                 "machine's other load hardly moves",
@@ -211,7 +214,8 @@ def main() -> None:
         "peak_rss_mb_median": peak,
         "ratio_samples_per_s_editforge_vs_diffusers": ratio,
         "ratio_samples_per_s_editforge_cached_vs_diffusers": round(rate["editforge_cached"] / rate["diffusers"], 3),
-        "target_met": ratio >= 1.1,
+        "wall_s_median": wall,
+        "target_met": {"editforge": ratio >= 1.1, "editforge_cached": rate["editforge_cached"] / rate["diffusers"] >= 1.1},
         "peak_rss_mb_difference_editforge_minus_diffusers": round(peak["editforge"] - peak["diffusers"], 1),
         "runs": runs,
     }

@@ -215,3 +215,20 @@ def test_cached_latents_train_as_encoding_every_step(workspace, tmp_path, monkey
     plain = main(args(workspace, tmp_path / "plain", steps=3))["losses"]
     assert sorted(cached) == [1, 2, 3]
     assert all(abs(cached[s] - plain[s]) <= 1e-5 * abs(plain[s]) for s in cached), (cached, plain)
+
+
+@pytest.mark.parametrize("base", ["sd", "sdxl"])
+def test_cached_text_embeddings_train_as_encoding_every_step(workspace, sdxl_base, tmp_path, base):
+    """--cache_text_embeddings encodes each distinct prompt once (SDXL: both encoders' hidden states and
+    the pooled projection): the losses are those of encoding every step."""
+    from editforge.training.train_diffusion_dpo import main
+
+    def run(out, *extra):
+        argv = args(workspace, out, "--alignment", "cross_validation", *extra, steps=3)
+        if base == "sdxl":
+            argv[argv.index("--pretrained_model_name_or_path") + 1] = str(sdxl_base)
+        return main(argv)["losses"]
+
+    cached, plain = run(tmp_path / "cached", "--cache_text_embeddings"), run(tmp_path / "plain")
+    assert sorted(cached) == [1, 2, 3]
+    assert all(abs(cached[s] - plain[s]) <= 1e-5 * abs(plain[s]) for s in cached), (cached, plain)

@@ -160,6 +160,16 @@ class FlowMatchingObjectiveConfig:
 
 
 @dataclass
+class TextEmbeddingCacheConfig:
+    """``--cache_text_embeddings`` for trainers whose text encoders are frozen (:mod:`.text_cache`);
+    mix in before TrainingConfig."""
+
+    cache_text_embeddings: bool = help_field(
+        "encode every distinct prompt once before training (the text encoders then sit idle; the embeddings"
+        " are kept in memory)", default=False)
+
+
+@dataclass
 class EditingConfig:
     """Fields of instruction-editing trainers (InstructPix2Pix-style input: the source image's
     latents beside the noisy ones); mix in before TrainingConfig."""

@@ -38,7 +38,8 @@ import torch
 from torch import nn
 
 from editforge.errors import UsageError
-from editforge.training.config import DenoisingObjectiveConfig, TrainingConfig, help_field, parse_config
+from editforge.training.config import (DenoisingObjectiveConfig, TextEmbeddingCacheConfig, TrainingConfig, help_field,
+                                       parse_config)
 from editforge.training.core import Trainer, run_as_script
 
 ALIGNMENTS = ("cross_validation", "single_pair")
@@ -46,7 +47,7 @@ TIES = ("skip", "symmetric")
 
 
 @dataclass
-class DiffusionDPOConfig(DenoisingObjectiveConfig, TrainingConfig):
+class DiffusionDPOConfig(DenoisingObjectiveConfig, TextEmbeddingCacheConfig, TrainingConfig):
     """Flags of train_diffusion_dpo.py."""
 
     beta_dpo: float = help_field("DPO strength: the paper's beta (diffusers' SD1.5 script's 2500 is 5000 here)", default=5000.0)
@@ -129,6 +130,7 @@ def make_collate(tokenizers):
             "original_size": [e["original_size"] for e in examples],
             "crop_top_left": [e["crop_top_left"] for e in examples],
             "example": torch.tensor([c[0] for c in comparisons]),
+            "prompts": [c[1] for c in comparisons],
             "input_ids": tokenize(tokenizers, [c[1] for c in comparisons]),
             "winner": torch.tensor([c[2] for c in comparisons]),
             "tie": torch.tensor([c[3] for c in comparisons]),
@@ -151,6 +153,7 @@ def main(argv: list[str] | DiffusionDPOConfig | None = None, keep_pipeline: bool
     from editforge.training.objectives import (diffusion_dpo_loss, dpo_logits, noise_like, sample_timesteps, target_for,
                                                weighted_mse)
     from editforge.training.samplers import ShapeBatchSampler
+    from editforge.training.text_cache import PromptEmbeddingCache
     from editforge.training.validation import prompt_renderer, validation_rows, write_validation_grid
 
     config = argv if isinstance(argv, DiffusionDPOConfig) else parse_config(DiffusionDPOConfig, argv, prog="train_diffusion_dpo.py")
@@ -198,6 +201,9 @@ def main(argv: list[str] | DiffusionDPOConfig | None = None, keep_pipeline: bool
                                 seed=config.seed)
     trainer.prepare(model, examples, sampler, make_collate(tokenizers))
     scaling = vae.config.scaling_factor
+    text_cache = None
+    if config.cache_text_embeddings:  # every row's prompt, encoded once
+        text_cache = PromptEmbeddingCache(dataset["prompt"], lambda prompts: encode(tokenize(tokenizers, prompts), device))
 
     def compute_loss(batch, generator):
         if "images_latents" in batch:  # cached: the VAE's mode
@@ -208,7 +214,7 @@ def main(argv: list[str] | DiffusionDPOConfig | None = None, keep_pipeline: bool
                 latents = vae.encode(images.flatten(0, 1)).latent_dist.sample(generator) * scaling
             latents = latents.unflatten(0, (images.shape[0], 2))
         bsz = latents.shape[0]
-        hidden, pooled = encode(batch["input_ids"], device)
+        hidden, pooled = text_cache(batch["prompts"]) if text_cache is not None else encode(batch["input_ids"], device)
         noise = noise_like(latents, generator)
         timesteps = sample_timesteps(noise_scheduler, bsz, generator, device)  # one per pair: both images share it
         noisy = noise_scheduler.add_noise(latents.flatten(0, 1), noise.flatten(0, 1),

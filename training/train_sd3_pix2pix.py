@@ -37,7 +37,8 @@ import torch
 from torch import nn
 
 from editforge.errors import UsageError
-from editforge.training.config import EditingConfig, FlowMatchingObjectiveConfig, TrainingConfig, help_field, parse_config
+from editforge.training.config import (EditingConfig, FlowMatchingObjectiveConfig, TextEmbeddingCacheConfig, TrainingConfig,
+                                       help_field, parse_config)
 from editforge.training.core import Trainer, run_as_script
 
 PATCH_EMBEDDING_FILE = "patch_embedding.safetensors"
@@ -45,7 +46,7 @@ NORMALIZATIONS = ("unscaled", "scaled_shifted")  # the pipeline's IMAGE_LATENTS_
 
 
 @dataclass
-class SD3Pix2PixConfig(EditingConfig, FlowMatchingObjectiveConfig, TrainingConfig):
+class SD3Pix2PixConfig(EditingConfig, FlowMatchingObjectiveConfig, TextEmbeddingCacheConfig, TrainingConfig):
     """Flags of train_sd3_pix2pix.py."""
 
     with_mask: bool = help_field("condition on a region mask too: 48 input channels (noisy, source, mask); else 32",
@@ -54,9 +55,6 @@ class SD3Pix2PixConfig(EditingConfig, FlowMatchingObjectiveConfig, TrainingConfi
         "condition latents: unscaled (UltraEdit) or scaled_shifted (diffusers' community SD3 InstructPix2Pix);"
         " default: the editing checkpoint's, or unscaled", default=None)
     validation_guidance_scale: float = help_field("text guidance of validation images", default=7.0)
-    cache_text_embeddings: bool = help_field(
-        "encode every instruction once before training (the text encoders then sit idle; the embeddings of"
-        " each distinct instruction are kept in memory)", default=False)
 
     def validate(self) -> None:
         super().validate()
@@ -137,18 +135,6 @@ def load_base(config):
     return pipe
 
 
-@torch.no_grad()
-def cache_text_embeddings(dataset, encode_prompts, batch_size: int = 32) -> dict:
-    """``{instruction: (embeddings, pooled)}`` of every distinct instruction of ``dataset``."""
-    instructions = sorted(set(dataset["instruction"]))
-    cache = {}
-    for begin in range(0, len(instructions), batch_size):
-        chunk = instructions[begin: begin + batch_size]
-        embeds, pooled = encode_prompts(chunk)
-        cache.update({text: (e, q) for text, e, q in zip(chunk, embeds, pooled)})
-    return cache
-
-
 def make_collate(with_mask: bool):
     def collate(examples):
         batch = {"index": torch.tensor([e["index"] for e in examples]),
@@ -171,6 +157,7 @@ def main(argv: list[str] | SD3Pix2PixConfig | None = None, keep_pipeline: bool =
     from editforge.training.lora import add_lora
     from editforge.training.objectives import flow_matching_batch, ip2p_conditioning_dropout, weighted_mse
     from editforge.training.samplers import ShapeBatchSampler
+    from editforge.training.text_cache import PromptEmbeddingCache
     from editforge.training.validation import edit_renderer, validation_rows, write_validation_grid
 
     config = argv if isinstance(argv, SD3Pix2PixConfig) else parse_config(SD3Pix2PixConfig, argv, prog="train_sd3_pix2pix.py")
@@ -216,13 +203,8 @@ def main(argv: list[str] | SD3Pix2PixConfig | None = None, keep_pipeline: bool =
 
     with torch.no_grad():
         null_embeds, null_pooled = encode_prompts([""])
-    text_cache = cache_text_embeddings(dataset, encode_prompts) if config.cache_text_embeddings else None
-
-    def prompt_embeddings(prompts):
-        if text_cache is None:
-            return encode_prompts(prompts)
-        return (torch.stack([text_cache[p][0] for p in prompts]).to(device),
-                torch.stack([text_cache[p][1] for p in prompts]).to(device))
+    prompt_embeddings = (PromptEmbeddingCache(dataset["instruction"], encode_prompts) if config.cache_text_embeddings
+                         else encode_prompts)
 
     def compute_loss(batch, generator):
         with torch.no_grad():
