@@ -177,6 +177,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of every route (default 1)")
     parser.add_argument("--models", nargs="+", choices=list(MODEL_SIZES), default=list(MODEL_SIZES))
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every route; medians reported")
+    parser.add_argument("--loop-2-threads-rounds", type=int, default=0,
+                        help="rounds that also run one_at_a_time_2_threads (slow where the cores are shared: "
+                             "two threads per batch-1 call oversubscribe them)")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "editforge-bench-metrics")
     parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -192,7 +195,8 @@ def main() -> int:
     runs = []
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
            "TRANSFORMERS_VERBOSITY": "error"}
-    for round_index, models, route in [(i, m, r) for i in range(args.rounds) for m in args.models for r in ROUTES]:
+    for round_index, models, route in [(i, m, r) for i in range(args.rounds) for m in args.models for r in ROUTES
+                                       if r != "one_at_a_time_2_threads" or i < args.loop_2_threads_rounds]:
         dataset, clip_dir, dino_dir = prepare(args.workdir, args.n, args.size, models)
         out = args.workdir / f"out-{route}"
         shutil.rmtree(out, ignore_errors=True)
@@ -214,19 +218,21 @@ def main() -> int:
     def median(key, models, route):
         return statistics.median(r[key] for r in runs if r["models"] == models and r["route"] == route)
 
-    rate = {(m, r): median("items_per_s", m, r) for m in args.models for r in ROUTES}
-    scoring = {(m, r): median("scoring_items_per_s", m, r) for m in args.models for r in ROUTES}
+    routes = [r for r in ROUTES if any(x["route"] == r for x in runs)]
+    rate = {(m, r): median("items_per_s", m, r) for m in args.models for r in routes}
+    scoring = {(m, r): median("scoring_items_per_s", m, r) for m in args.models for r in routes}
     peak = {(m, r): max(x["peak_rss_mb"] for x in runs if x["models"] == m and x["route"] == r)
-            for m in args.models for r in ROUTES}
+            for m in args.models for r in routes}
     fast = ("editforge", "editforge_no_workers", TWO_PROCESSES)
     # against the loop's better setting for each model size (1 or 2 threads): the speed-up a user sees
-    best = {m: max(BASELINES, key=lambda b: rate[m, b]) for m in args.models}
+    best = {m: max((b for b in BASELINES if b in routes), key=lambda b: rate[m, b]) for m in args.models}
     result = {
         "benchmark": "metrics_throughput",
         "command": "python " + " ".join(sys.argv),
         "what": f"UltraEdit's six metrics on {args.n} synthetic {args.size}x{args.size} triplets, random CLIP and "
                 f"DINOv2 of the sizes in 'models'; each route in a fresh subprocess, OMP_NUM_THREADS={args.threads} "
-                f"(one_at_a_time_2_threads: 2), {args.rounds} interleaved rounds, medians (speedups are ratios of the medians)",
+                f"(one_at_a_time_2_threads: 2), {args.rounds} interleaved rounds (one_at_a_time_2_threads: the first "
+                f"{args.loop_2_threads_rounds}), medians (speedups are ratios of the medians)",
         "models": {m: MODEL_SIZES[m] for m in args.models},
         "routes": {
             "editforge": f"compute_metrics (editforge metrics): batch {args.batch_size}, {args.workers} DataLoader workers, "
@@ -239,9 +245,9 @@ def main() -> int:
         },
         "timing": "items_per_s: the whole call after the imports (transformers' model classes included), i.e. "
                   "loading the dataset and the models, scoring, writing the output; scoring_items_per_s: the loop alone",
-        "median_items_per_s": {m: {r: rate[m, r] for r in ROUTES} for m in args.models},
-        "median_scoring_items_per_s": {m: {r: scoring[m, r] for r in ROUTES} for m in args.models},
-        "peak_rss_mb": {m: {r: peak[m, r] for r in ROUTES} for m in args.models},
+        "median_items_per_s": {m: {r: rate[m, r] for r in routes} for m in args.models},
+        "median_scoring_items_per_s": {m: {r: scoring[m, r] for r in routes} for m in args.models},
+        "peak_rss_mb": {m: {r: peak[m, r] for r in routes} for m in args.models},
         "runs": runs,
         "best_one_at_a_time": best,
         "speedup_over_best_one_at_a_time": {
