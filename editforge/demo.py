@@ -373,11 +373,13 @@ def train_in_processes(config, out: Path, module: str, arguments: dict[str, list
         return {}
     cpus = os.cpu_count() or 1
     groups = [names] if config.parallel_training and cpus >= 2 else [[name] for name in names]
+    # a smaller OMP_NUM_THREADS set by the user caps each process's share (a machine shared with other jobs)
+    cap = int(os.environ["OMP_NUM_THREADS"]) if os.environ.get("OMP_NUM_THREADS", "").isdigit() else cpus
     logs = out / "logs"
     logs.mkdir(exist_ok=True)
     results = {}
     for group in groups:
-        threads = str(max(1, cpus // len(group)))
+        threads = str(max(1, min(cap, cpus // len(group))))
         env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
         processes = {}
         for name in group:
@@ -456,7 +458,6 @@ def _evaluate(config: DemoConfig, out: Path, stages: _Stages, base_dir: Path, he
 def _vae_ceiling(out: Path, base_dir: Path, heldout_manifest: Path) -> Path:
     """The ideal edits passed through the VAE (what the best model on it can give), written once."""
     import numpy as np
-    import torch
     from diffusers import AutoencoderKL
     from PIL import Image
 
@@ -471,15 +472,62 @@ def _vae_ceiling(out: Path, base_dir: Path, heldout_manifest: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     vae = AutoencoderKL.from_pretrained(base_dir / "vae").eval()
     for record in todo:
-        ideal = np.asarray(Image.open(heldout_manifest.parent / record["ideal_image"]).convert("RGB"), dtype=np.float32)
-        pixels = torch.from_numpy(ideal).permute(2, 0, 1)[None] / 127.5 - 1.0
-        with torch.no_grad():
-            decoded = vae.decode(vae.encode(pixels).latent_dist.mode()).sample[0]
-        array = ((decoded.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
-        partial = folder / f"{file_stem(record['id'])}.png.partial"
-        Image.fromarray(array).save(partial, format="PNG")
-        partial.replace(folder / f"{file_stem(record['id'])}.png")
+        ideal = np.asarray(Image.open(heldout_manifest.parent / record["ideal_image"]).convert("RGB"))
+        write_image(folder / f"{file_stem(record['id'])}.png", through_vae(vae, ideal))
     return folder
+
+
+def through_vae(vae, image):
+    """An HxWx3 uint8 image encoded (the latent distribution's mode) and decoded by ``vae``: what the best
+    model on that VAE can give (shared by the demos' ceilings)."""
+    import numpy as np
+    import torch
+
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1)[None] / 127.5 - 1.0
+    with torch.no_grad():
+        decoded = vae.decode(vae.encode(pixels).latent_dist.mode()).sample[0]
+    return ((decoded.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+
+
+def write_image(path: Path, array) -> None:
+    """An HxWx3 uint8 array as the PNG ``path``, written atomically."""
+    from PIL import Image
+
+    partial = path.with_name(path.name + ".partial")
+    Image.fromarray(array).save(partial, format="PNG")
+    partial.replace(path)
+
+
+def item_rows(folder: Path) -> list[dict]:
+    """The judged rows (``items.jsonl``) of an ``editforge eval`` run folder, one per (model, item, seed)."""
+    return [json.loads(line) for line in (folder / "items.jsonl").read_text().splitlines() if line.strip()]
+
+
+class StageClock:
+    """Wall-clock and CPU seconds (all processes, :func:`cpu_seconds`) of each stage of a demo:
+    ``lap(name)`` ends the stage ``name``; ``total()`` adds the ``total`` of each (shared by the demos)."""
+
+    def __init__(self):
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+        self._wall, self._cpu = time.perf_counter(), cpu_seconds()
+
+    def lap(self, name: str) -> None:
+        now, cpu_now = time.perf_counter(), cpu_seconds()
+        self.wall[name], self.cpu[name] = round(now - self._wall, 1), round(cpu_now - self._cpu, 1)
+        self._wall, self._cpu = now, cpu_now
+
+    def total(self) -> None:
+        for times in (self.wall, self.cpu):
+            times["total"] = round(sum(v for k, v in times.items() if k != "total"), 1)
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (the training processes), all cores."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _scores(evaluation) -> dict:

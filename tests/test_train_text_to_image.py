@@ -226,3 +226,20 @@ def test_editforge_train_text_to_image_help_lists_the_flags(capsys, monkeypatch)
                  "--snr_gamma", "--prediction_type", "--cache_latents", "--resume_from_checkpoint"):
         assert flag in text, flag
     assert "source_image:source_caption,edited_image:target_caption" in text
+
+
+@pytest.mark.parametrize("train_text_encoder", [False, True])
+def test_the_text_encoder_is_trained_only_when_asked(workspace, tmp_path, train_text_encoder):
+    """--train_text_encoder trains it with the UNet (and publishes it); without, the published one is the base's."""
+    from transformers import CLIPTextModel
+
+    from editforge.training.train_text_to_image import main
+
+    flag = "--train_text_encoder" if train_text_encoder else "--no-train_text_encoder"
+    main(args(workspace, tmp_path / "run", flag, steps=3))
+    base = CLIPTextModel.from_pretrained(workspace / "base", subfolder="text_encoder").state_dict()
+    trained = CLIPTextModel.from_pretrained(tmp_path / "run", subfolder="text_encoder").state_dict()
+    changed = [k for k in base if not torch.equal(base[k], trained[k])]
+    assert bool(changed) == train_text_encoder
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert f"| text encoder | {'trained' if train_text_encoder else 'frozen'} |" in card

@@ -12,9 +12,11 @@ examples/text_to_image/train_text_to_image.py on editforge's training core.
 The base is a ``StableDiffusionPipeline`` folder or repo (a 4-channel UNet2DConditionModel, VAE,
 CLIP text encoder and tokenizer, scheduler), possibly with a randomly initialised UNet: a small model
 can be pre-trained from scratch here, then aligned with train_diffusion_dpo.py. The UNet is trained
-(all of it by default; ``--no-full`` trains a LoRA adapter of ``--rank``), the text encoder and VAE
-are frozen. The objective is the DDPM one of ``training.objectives`` (epsilon or v-prediction,
-optional min-SNR weighting), as in the other UNet scripts.
+(all of it by default; ``--no-full`` trains a LoRA adapter of ``--rank``), and with
+``--train_text_encoder`` the text encoder too (fully: a small model pre-trained from scratch needs
+one that reads its captions; a random frozen one carries little of them); the VAE is frozen. The
+objective is the DDPM one of ``training.objectives`` (epsilon or v-prediction, optional min-SNR
+weighting), as in the other UNet scripts.
 
 Data: any dataset ``load_dataset`` reads. ``--columns IMAGE:CAPTION[,IMAGE:CAPTION...]`` names the
 image and caption columns; each pair gives one example per row. The default
@@ -60,6 +62,7 @@ class TextToImageConfig(DenoisingObjectiveConfig, TrainingConfig):
     """Flags of train_text_to_image.py."""
 
     full: bool = help_field("train the whole UNet (the default); --no-full trains a LoRA adapter of --rank", default=True)
+    train_text_encoder: bool = help_field("train the text encoder too (fully)", default=False)
     columns: str = help_field("IMAGE:CAPTION column pairs, comma-separated; each gives one example per row",
                               default=DEFAULT_COLUMNS)
 
@@ -153,14 +156,15 @@ class CaptionExamples(torch.utils.data.Dataset):
 
 
 class TextToImageModel(nn.Module):
-    """The trained UNet (one module, so that data parallelism and checkpoints find it)."""
+    """The trained UNet and the text encoder (trained with ``--train_text_encoder``, else frozen): one
+    module, so that data parallelism and checkpoints find them."""
 
-    def __init__(self, unet):
+    def __init__(self, unet, text_encoder):
         super().__init__()
-        self.unet = unet
+        self.unet, self.text_encoder = unet, text_encoder
 
-    def forward(self, noisy, timesteps, hidden):
-        return self.unet(noisy, timesteps, hidden).sample
+    def forward(self, noisy, timesteps, input_ids):
+        return self.unet(noisy, timesteps, self.text_encoder(input_ids)[0]).sample
 
 
 def make_collate(tokenizer):
@@ -205,9 +209,9 @@ def main(argv: list[str] | TextToImageConfig | None = None, keep_pipeline: bool 
         noise_scheduler.register_to_config(prediction_type=config.prediction_type)
     prediction_type = noise_scheduler.config.prediction_type
     vae.requires_grad_(False).to(device)
-    text_encoder.requires_grad_(False).to(device)
+    text_encoder.requires_grad_(config.train_text_encoder).to(device)
     unet.requires_grad_(True) if config.full else add_lora(unet, config.rank, config.lora_alpha)
-    model = TextToImageModel(unet)
+    model = TextToImageModel(unet, text_encoder)
 
     dataset = load_captioned_dataset(config, config.dataset_split, config.max_train_samples)
     entries, left_out = caption_entries(dataset, config.column_pairs)
@@ -220,7 +224,9 @@ def main(argv: list[str] | TextToImageConfig | None = None, keep_pipeline: bool 
     examples = CaptionExamples(captions, config.resolution, config.center_crop, config.seed)
     if config.cache_latents:  # every image encoded once: latent_dist.mode(), unscaled
         examples = CachedLatents(examples, vae, keys=("image",), progress=config.progress and trainer.is_main_process)
-    trainer.checkpoint_modules({"unet": "unet"} if config.full else {}, lora=None if config.full else "unet")
+    saved = {"unet": "unet"} if config.full else {}
+    saved.update({"text_encoder": "text_encoder"} if config.train_text_encoder else {})
+    trainer.checkpoint_modules(saved, lora=None if config.full else "unet")
     sampler = ShapeBatchSampler([(config.resolution, config.resolution)] * len(examples), config.train_batch_size,
                                 seed=config.seed)
     trainer.prepare(model, examples, sampler, make_collate(tokenizer))
@@ -232,16 +238,15 @@ def main(argv: list[str] | TextToImageConfig | None = None, keep_pipeline: bool 
                 latents = batch["image_latents"].to(device) * scaling
             else:
                 latents = vae.encode(batch["image"].to(device, vae.dtype)).latent_dist.sample(generator) * scaling
-            hidden = text_encoder(batch["input_ids"].to(device))[0]
         noise = noise_like(latents, generator)
         timesteps = sample_timesteps(noise_scheduler, latents.shape[0], generator, device)
         noisy = noise_scheduler.add_noise(latents, noise, timesteps)
         target = target_for(noise_scheduler, latents, noise, timesteps, prediction_type)
-        prediction = trainer.model(noisy, timesteps, hidden)
+        prediction = trainer.model(noisy, timesteps, batch["input_ids"].to(device))
         return diffusion_loss(prediction, target, noise_scheduler, timesteps, config.snr_gamma, prediction_type)
 
     def build_pipeline(unet_for_pipeline):
-        pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+        pipe = StableDiffusionPipeline(vae=vae, text_encoder=trainer.unwrap().text_encoder, tokenizer=tokenizer,
                                        unet=unet_for_pipeline or trainer.unwrap().unet,
                                        scheduler=inference_scheduler(config, config.prediction_type),
                                        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
@@ -265,7 +270,7 @@ def main(argv: list[str] | TextToImageConfig | None = None, keep_pipeline: bool 
     training.update({"dataset": dataset_name, "columns (image:caption)": config.columns, "dataset rows": len(dataset),
                      "training examples": len(entries), "objective": f"DDPM, {prediction_type}",
                      "min-SNR gamma": config.snr_gamma if config.snr_gamma is not None else "off",
-                     "text encoder": "frozen"})
+                     "text encoder": "trained" if config.train_text_encoder else "frozen"})
     summary = output.finish_run(config, trainer, result, build_pipeline=build_pipeline, training=training, denoiser="unet",
                                 spec="text_to_image", validate=validate, keep_pipeline=keep_pipeline)
     summary.update(examples=len(entries), left_out=left_out)

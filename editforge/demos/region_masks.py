@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -41,6 +40,8 @@ from editforge.demo import (
     fit_vae,
     train_in_processes,
 )
+from editforge.demo import StageClock
+from editforge.demo import item_rows as _item_rows
 from editforge.training.config import help_field
 
 LOCAL_EDITS = "attribute_change,object_removal,object_addition,object_swap"
@@ -113,16 +114,9 @@ def run_region_masks_demo(config: RegionMasksConfig) -> dict:
                          f"{', '.join(LOCAL_TASKS)}")
     out = writable_dir(config.out)
     stages = _Stages(out, config)
-    timings: dict[str, float] = {}
-    cpu_timings: dict[str, float] = {}
+    clock = StageClock()
+    timings, cpu_timings, lap = clock.wall, clock.cpu, clock.lap
     total = 6
-    clock, cpu_clock = time.perf_counter(), _cpu_seconds()
-
-    def lap(name: str):
-        nonlocal clock, cpu_clock
-        now, cpu_now = time.perf_counter(), _cpu_seconds()
-        timings[name], cpu_timings[name] = round(now - clock, 1), round(cpu_now - cpu_clock, 1)
-        clock, cpu_clock = now, cpu_now
 
     _stage(1, total, f"synthetic local edits with region masks: {config.train_items} training triplets, "
                      f"{config.eval_items} held-out edits")
@@ -178,19 +172,10 @@ def run_region_masks_demo(config: RegionMasksConfig) -> dict:
     }
     _write_report(config, out, results, evaluation)
     lap("report")
-    for times in (timings, cpu_timings):
-        times["total"] = round(sum(v for k, v in times.items() if k != "total"), 1)
+    clock.total()
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print((out / "report.md").read_text())
     return results
-
-
-def _cpu_seconds() -> float:
-    """CPU time of this process and of its finished children (the training processes), all cores."""
-    import resource
-
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _make_data(config: RegionMasksConfig, out: Path, split: str) -> str:
@@ -353,15 +338,6 @@ def _scores(evaluation) -> dict:
                         "per_task": {task: {"rows": g["rows"], **figures(g)} for task, g in groups.items()
                                      if task != "all"}}
     return scores
-
-
-def _item_rows(folder: Path) -> list[dict]:
-    """The harness's judged rows (``items.jsonl``), one per (model, item, seed)."""
-    rows = []
-    for line in (folder / "items.jsonl").read_text().splitlines():
-        if line.strip():
-            rows.append(json.loads(line))
-    return rows
 
 
 def _paired(rows: list[dict], a: str, b: str, groups) -> dict:

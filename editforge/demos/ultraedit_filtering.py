@@ -47,6 +47,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from editforge.demo import CEILING_FOLDER, _stage, _Stages, _vae_ceiling, train_in_processes
+from editforge.demo import item_rows as _item_rows
 from editforge.training.config import help_field
 
 ENCODER_MAX_TOKENS = 77  # the world's captions are at most about 45 words, one token each
@@ -661,11 +662,6 @@ def _scores(evaluation) -> dict:
                                             "rows": g["rows"]}
                                      for task, g in groups.items() if task != "all"}}
     return scores
-
-
-def _item_rows(folder: Path) -> list[dict]:
-    """The harness's judged rows (``items.jsonl``), one per (model, item, seed)."""
-    return [json.loads(line) for line in (folder / "items.jsonl").read_text().splitlines() if line.strip()]
 
 
 def _paired(rows: list[dict], a: str, b: str, groups) -> dict:
