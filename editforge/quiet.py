@@ -31,6 +31,8 @@ KNOWN_NOISE = [
      "diffusers imports CLIP/Siglip image processors at import; editforge never uses them (no safety checker)"),
     ("transformers", "progress bars 'Loading weights' and 'Writing model shards'",
      "every from_pretrained/save_pretrained of a text encoder; tiny local files, instant"),
+    ("diffusers", "'self.text_encoder_3=None of type <class 'NoneType'> cannot be saved.'",
+     "save_pretrained of a pipeline with an optional component left out (SD3 without T5): model_index records it as null"),
     ("diffusers", "progress bars of loading ('Loading pipeline components...', checkpoint shards)",
      "every DiffusionPipeline.from_pretrained; editforge reports its own stages"),
     ("datasets", "progress bars ('Generating train split', map, ...)",
@@ -41,6 +43,9 @@ KNOWN_NOISE = [
 _MESSAGES = {
     "transformers.utils.import_utils": [
         re.compile(r"`\w+ImageProcessor` requires torchvision \(not installed\); falling back to `\w+ImageProcessorPil`"),
+    ],
+    "diffusers.pipelines.pipeline_utils": [
+        re.compile(r"^self\.\w+=None of type <class 'NoneType'> cannot be saved\.$"),
     ],
 }
 _TRANSFORMERS_BARS = frozenset({"Loading weights", "Writing model shards"})

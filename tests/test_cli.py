@@ -72,9 +72,10 @@ def run(args):
     from diffusers import DiffusionPipeline  # transformers: the torchvision fallback, at import
     from transformers.utils import logging as transformers_logging
 
-    from editforge.testing.tiny_models import tiny_instruct_pix2pix_pipeline
+    from editforge.testing.tiny_models import tiny_instruct_pix2pix_pipeline, tiny_sd3_pipeline
 
     tiny_instruct_pix2pix_pipeline().save_pretrained("pipe")  # "Writing model shards"
+    tiny_sd3_pipeline().save_pretrained("sd3")  # "self.text_encoder_3=None ... cannot be saved."
     DiffusionPipeline.from_pretrained("pipe")  # "Loading pipeline components...", "Loading weights"
     with open("rows.jsonl", "w") as f:
         f.write('{"a": 1}\\n')
@@ -89,6 +90,7 @@ KNOWN_NOISE = {
     "torchvision": "requires torchvision (not installed); falling back to",
     "transformers bars": "Loading weights",
     "diffusers bars": "Loading pipeline components",
+    "a left-out component": "self.text_encoder_3=None of type <class 'NoneType'> cannot be saved.",
     "datasets bars": "Generating train split",
 }
 

@@ -322,3 +322,38 @@ def test_validation_grids_of_a_mask_model_show_the_mask_it_was_given(workspace, 
         edited = trained(row["instruction"], image=source, mask_image=mask, num_inference_steps=2, guidance_scale=7.0,
                          image_guidance_scale=1.5, generator=torch.Generator().manual_seed(i)).images[0]
         assert np.array_equal(tile[:, 64:], np.asarray(edited))
+
+
+def test_trained_text_encoders_resume_exactly_and_ship_in_the_published_pipeline(workspace, tmp_path):
+    from diffusers import DiffusionPipeline
+
+    from editforge.pipelines import StableDiffusion3InstructPix2PixPipeline
+    from editforge.training.train_sd3_pix2pix import TEXT_ENCODERS, main
+
+    common = ("--with_mask", "--train_text_encoder", "--learning_rate", "1e-2", "--conditioning_dropout_prob", "0.2")
+    straight = main(args(workspace, tmp_path / "a", *common, steps=4), keep_pipeline=True)
+    first = main(args(workspace, tmp_path / "b", *common, "--checkpointing_steps", "2", steps=2))["losses"]
+    assert (tmp_path / "b" / "checkpoint-2" / "text_encoder" / "model.safetensors").is_file()
+    resumed = main(args(workspace, tmp_path / "b", *common, "--resume_from_checkpoint", "latest", steps=4))["losses"]
+    assert first == {s: straight["losses"][s] for s in (1, 2)}
+    assert resumed == {s: straight["losses"][s] for s in (3, 4)}
+
+    base = StableDiffusion3InstructPix2PixPipeline.from_pretrained(workspace / "base")
+    published = DiffusionPipeline.from_pretrained(tmp_path / "a", trust_remote_code=True)
+    trained = straight["pipeline"]
+    encoders = [name for name in TEXT_ENCODERS if getattr(base, name, None) is not None]
+    assert encoders and "text encoders" in (tmp_path / "a" / "README.md").read_text()
+    for name in encoders:  # every encoder trained, and the published one is the trained one
+        weights = {k: v for k, v in getattr(published, name).state_dict().items()}
+        assert any((weights[k] - v).abs().max() > 0 for k, v in getattr(base, name).state_dict().items()), name
+        assert all(torch.equal(weights[k], v) for k, v in getattr(trained, name).state_dict().items()), name
+    published.load_lora_weights(tmp_path / "a", weight_name="pytorch_lora_weights.safetensors")
+    source, mask, instruction = first_row(workspace)
+    call = dict(CALL, prompt=instruction, image=source, mask_image=mask)
+    assert abs(published(**call, generator=torch.Generator().manual_seed(0)).images
+               - trained(**call, generator=torch.Generator().manual_seed(0)).images).max() == 0.0
+
+    frozen = main(args(workspace, tmp_path / "c", "--with_mask", steps=1), keep_pipeline=True)["pipeline"]
+    assert all(torch.equal(frozen.text_encoder.state_dict()[k], v) for k, v in base.text_encoder.state_dict().items())
+    with pytest.raises(UsageError, match="--cache_text_embeddings needs frozen text encoders"):
+        main(args(workspace, tmp_path / "x", "--train_text_encoder", "--cache_text_embeddings"))

@@ -170,6 +170,20 @@ class TextEmbeddingCacheConfig:
 
 
 @dataclass
+class TextEncoderTrainingConfig:
+    """``--train_text_encoder``: the pipeline's text encoder(s) trained fully beside the denoiser (a
+    small model trained from scratch needs it); mix in before TrainingConfig."""
+
+    train_text_encoder: bool = help_field("train the text encoder(s) too (fully)", default=False)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.train_text_encoder and getattr(self, "cache_text_embeddings", False):
+            raise UsageError("--cache_text_embeddings needs frozen text encoders: it cannot be combined with"
+                             " --train_text_encoder")
+
+
+@dataclass
 class EditingConfig:
     """Fields of instruction-editing trainers (InstructPix2Pix-style input: the source image's
     latents beside the noisy ones); mix in before TrainingConfig."""

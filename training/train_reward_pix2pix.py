@@ -29,16 +29,16 @@ import torch
 from torch import nn
 
 from editforge.errors import UsageError
-from editforge.training.config import DenoisingObjectiveConfig, EditingConfig, TrainingConfig, help_field, parse_config
+from editforge.training.config import (DenoisingObjectiveConfig, EditingConfig, TextEncoderTrainingConfig, TrainingConfig,
+                                       help_field, parse_config)
 from editforge.training.core import Trainer, run_as_script
 
 
 @dataclass
-class RewardPix2PixConfig(EditingConfig, DenoisingObjectiveConfig, TrainingConfig):
+class RewardPix2PixConfig(EditingConfig, DenoisingObjectiveConfig, TextEncoderTrainingConfig, TrainingConfig):
     """Flags of train_reward_pix2pix.py."""
 
     without_rewards: bool = help_field("train the plain InstructPix2Pix baseline (no conditioner)", default=False)
-    train_text_encoder: bool = help_field("train the text encoder too (fully)", default=False)
     reward_dropout_prob: float = help_field("share of examples given the learned null reward", default=0.1)
     conditioner_learning_rate: float | None = help_field(
         "peak learning rate of the reward conditioner (default: --learning_rate)", default=None)

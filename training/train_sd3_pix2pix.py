@@ -18,7 +18,8 @@ Unlike UltraEdit's trainer, conditioning dropout is applied (text -> the empty p
 -> source AND mask latents zeroed, both) and aspect ratios are kept (buckets). Loss: SD3 flow matching.
 
 A LoRA adapter on the transformer (``--rank``) plus the whole patch embedding are trained (``--full``:
-the whole transformer). The output folder is a published ``StableDiffusion3InstructPix2PixPipeline``
+the whole transformer); ``--train_text_encoder`` trains the text encoders too, fully (the empty prompt of
+text dropout is then encoded by them as they are at each step). The output folder is a published ``StableDiffusion3InstructPix2PixPipeline``
 whose transformer is the base, widened, with the trained patch embedding; the LoRA file beside it::
 
     pipe = DiffusionPipeline.from_pretrained(out, trust_remote_code=True)
@@ -37,16 +38,18 @@ import torch
 from torch import nn
 
 from editforge.errors import UsageError
-from editforge.training.config import (EditingConfig, FlowMatchingObjectiveConfig, TextEmbeddingCacheConfig, TrainingConfig,
-                                       help_field, parse_config)
+from editforge.training.config import (EditingConfig, FlowMatchingObjectiveConfig, TextEmbeddingCacheConfig,
+                                       TextEncoderTrainingConfig, TrainingConfig, help_field, parse_config)
 from editforge.training.core import Trainer, run_as_script
 
 PATCH_EMBEDDING_FILE = "patch_embedding.safetensors"
 NORMALIZATIONS = ("unscaled", "scaled_shifted")  # the pipeline's IMAGE_LATENTS_NORMALIZATIONS (a test checks)
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")  # SD3's, by component name
 
 
 @dataclass
-class SD3Pix2PixConfig(EditingConfig, FlowMatchingObjectiveConfig, TextEmbeddingCacheConfig, TrainingConfig):
+class SD3Pix2PixConfig(EditingConfig, FlowMatchingObjectiveConfig, TextEmbeddingCacheConfig, TextEncoderTrainingConfig,
+                       TrainingConfig):
     """Flags of train_sd3_pix2pix.py."""
 
     with_mask: bool = help_field("condition on a region mask too: 48 input channels (noisy, source, mask); else 32",
@@ -64,19 +67,28 @@ class SD3Pix2PixConfig(EditingConfig, FlowMatchingObjectiveConfig, TextEmbedding
 
 
 class SD3Pix2PixModel(nn.Module):
-    """The trained transformer, fed ``cat([noisy, source latent(, mask latent)])``."""
+    """The trained transformer, fed ``cat([noisy, source latent(, mask latent)])``. With
+    ``--train_text_encoder`` the pipeline's text encoders are submodules too (so that data parallelism
+    and checkpoints find them), run inside ``forward`` by ``encode_prompts(prompts) -> (embeds, pooled)``
+    (the pipeline's own ``encode_prompt``); ``text`` is then the batch's prompts, else ``(embeds, pooled)``."""
 
-    def __init__(self, transformer):
+    def __init__(self, transformer, text_encoders: dict[str, nn.Module] | None = None, encode_prompts=None):
         super().__init__()
         self.transformer = transformer
+        self.text_encoder_names = tuple(text_encoders or ())
+        for name, module in (text_encoders or {}).items():
+            setattr(self, name, module)
+        self.encode_prompts = encode_prompts
 
-    def forward(self, noisy, timesteps, condition, embeds, pooled):
+    def forward(self, noisy, timesteps, condition, text):
+        embeds, pooled = text if isinstance(text, tuple) else self.encode_prompts(text)
         return self.transformer(hidden_states=torch.cat([noisy, condition], dim=1), timestep=timesteps,
                                 encoder_hidden_states=embeds, pooled_projections=pooled).sample
 
 
 def lora_checkpoint_hooks():
-    """Checkpoint hooks of LoRA training: the LoRA file and the patch embedding's own file."""
+    """Checkpoint hooks of LoRA training: the LoRA file, the patch embedding's own file and the
+    trained text encoders (``--train_text_encoder``), each in its component folder."""
     from safetensors.torch import load_file
 
     from editforge.training.lora import load_lora, save_lora
@@ -84,10 +96,15 @@ def lora_checkpoint_hooks():
     def save(model, folder):
         save_lora(model.transformer, folder)
         save_patch_embedding(model.transformer, folder / PATCH_EMBEDDING_FILE)
+        for name in model.text_encoder_names:
+            getattr(model, name).save_pretrained(folder / name)
 
     def load(model, folder):
         load_lora(model.transformer, folder)
         model.transformer.pos_embed.proj.load_state_dict(load_file(str(folder / PATCH_EMBEDDING_FILE)))
+        for name in model.text_encoder_names:
+            module = getattr(model, name)
+            module.load_state_dict(type(module).from_pretrained(folder / name).state_dict())
 
     return save, load
 
@@ -165,15 +182,22 @@ def main(argv: list[str] | SD3Pix2PixConfig | None = None, keep_pipeline: bool =
     device = trainer.device
     pipe = load_base(config)
     transformer = pipe.transformer
-    for name in ("vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
-        if getattr(pipe, name, None) is not None:
-            getattr(pipe, name).requires_grad_(False).to(device)
+    encoders = {name: getattr(pipe, name) for name in TEXT_ENCODERS if getattr(pipe, name, None) is not None}
+    pipe.vae.requires_grad_(False).to(device)
+    for encoder in encoders.values():
+        encoder.requires_grad_(config.train_text_encoder).to(device)
     if config.full:
         transformer.requires_grad_(True)
     else:
         add_lora(transformer, config.rank, config.lora_alpha)
         transformer.pos_embed.proj.requires_grad_(True)
-    model = SD3Pix2PixModel(transformer)
+
+    def encode_prompts(prompts):
+        embeds, _, pooled, _ = pipe.encode_prompt(prompts, None, None, device=device, do_classifier_free_guidance=False)
+        return embeds, pooled
+
+    model = (SD3Pix2PixModel(transformer, encoders, encode_prompts) if config.train_text_encoder
+             else SD3Pix2PixModel(transformer))
 
     def load_split(split):
         return load_edit_dataset(config.dataset_name, config.dataset_config_name, split, cache_dir=config.cache_dir,
@@ -187,7 +211,7 @@ def main(argv: list[str] | SD3Pix2PixConfig | None = None, keep_pipeline: bool =
         examples = CachedLatents(examples, pipe.vae, keys=("edited", *conditions),
                                  progress=config.progress and trainer.is_main_process)
     if config.full:
-        trainer.checkpoint_modules({"transformer": "transformer"})
+        trainer.checkpoint_modules({"transformer": "transformer", **{name: name for name in model.text_encoder_names}})
     else:
         trainer.register_checkpoint_hooks(*lora_checkpoint_hooks())
     sampler = ShapeBatchSampler(shapes, config.train_batch_size, seed=config.seed)
@@ -197,11 +221,7 @@ def main(argv: list[str] | SD3Pix2PixConfig | None = None, keep_pipeline: bool =
     shift = vae.config.shift_factor if scaled else 0.0
     scale = vae.config.scaling_factor
 
-    def encode_prompts(prompts):
-        embeds, _, pooled, _ = pipe.encode_prompt(prompts, None, None, device=device, do_classifier_free_guidance=False)
-        return embeds, pooled
-
-    with torch.no_grad():
+    with torch.no_grad():  # the empty prompt of text dropout (trained encoders: encoded again each step)
         null_embeds, null_pooled = encode_prompts([""])
     prompt_embeddings = (PromptEmbeddingCache(dataset["instruction"], encode_prompts) if config.cache_text_embeddings
                          else encode_prompts)
@@ -217,16 +237,22 @@ def main(argv: list[str] | SD3Pix2PixConfig | None = None, keep_pipeline: bool =
                 latents = (edited - shift) * scale
                 condition = [pipe.encode_condition_image(batch[k].to(device)) for k in conditions]
             condition = torch.cat(condition, dim=1).to(latents.dtype)
-            embeds, pooled = prompt_embeddings(batch["instruction"])
+            if not config.train_text_encoder:
+                embeds, pooled = prompt_embeddings(batch["instruction"])
         step = flow_matching_batch(scheduler, latents, generator, config.weighting_scheme, loss_weighting=config.loss_weighting,
                                    logit_mean=config.logit_mean, logit_std=config.logit_std, mode_scale=config.mode_scale)
         text_drop, image_keep = ip2p_conditioning_dropout(len(latents), config.conditioning_dropout_prob, generator, device)
-        embeds = torch.where(text_drop[:, None, None], null_embeds.to(embeds.dtype), embeds)
-        pooled = torch.where(text_drop[:, None], null_pooled.to(pooled.dtype), pooled)
         condition = condition * image_keep[:, None, None, None].to(condition.dtype)
-        prediction = trainer.model(step.noisy, step.timesteps, condition, embeds, pooled)
         # the shares of examples whose inputs were dropped, read from the inputs themselves
-        no_text = (embeds == null_embeds).flatten(1).all(1) & (pooled == null_pooled).all(1)
+        if config.train_text_encoder:  # the empty prompt, encoded by the encoders as they are now
+            text = ["" if drop else p for p, drop in zip(batch["instruction"], text_drop.tolist())]
+            no_text = torch.tensor([p == "" for p in text], device=device)
+        else:
+            embeds = torch.where(text_drop[:, None, None], null_embeds.to(embeds.dtype), embeds)
+            pooled = torch.where(text_drop[:, None], null_pooled.to(pooled.dtype), pooled)
+            text = (embeds, pooled)
+            no_text = (embeds == null_embeds).flatten(1).all(1) & (pooled == null_pooled).all(1)
+        prediction = trainer.model(step.noisy, step.timesteps, condition, text)
         no_image = (condition == 0).flatten(1).all(1)
         logs = {"text_only_dropped": (no_text & ~no_image).float().mean(), "both_dropped": (no_text & no_image).float().mean(),
                 "image_only_dropped": (~no_text & no_image).float().mean()}
@@ -257,6 +283,7 @@ def main(argv: list[str] | SD3Pix2PixConfig | None = None, keep_pipeline: bool =
         "condition latents": pipe.config.image_latents_normalization,
         "conditioning dropout (text, image + mask, both; each)": config.conditioning_dropout_prob,
         "timestep density / loss weighting": f"{config.weighting_scheme} / {config.loss_weighting}",
+        "text encoders": f"{', '.join(encoders)}: {'trained' if config.train_text_encoder else 'frozen'}",
     })
     extra_weights = None
     if not config.full:

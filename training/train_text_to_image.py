@@ -38,7 +38,8 @@ import torch
 from torch import nn
 
 from editforge.errors import UsageError
-from editforge.training.config import DenoisingObjectiveConfig, TrainingConfig, help_field, parse_config
+from editforge.training.config import (DenoisingObjectiveConfig, TextEncoderTrainingConfig, TrainingConfig, help_field,
+                                       parse_config)
 from editforge.training.core import Trainer, run_as_script
 
 DEFAULT_COLUMNS = "source_image:source_caption,edited_image:target_caption"
@@ -58,11 +59,10 @@ def parse_columns(value: str) -> list[tuple[str, str]]:
 
 
 @dataclass
-class TextToImageConfig(DenoisingObjectiveConfig, TrainingConfig):
+class TextToImageConfig(DenoisingObjectiveConfig, TextEncoderTrainingConfig, TrainingConfig):
     """Flags of train_text_to_image.py."""
 
     full: bool = help_field("train the whole UNet (the default); --no-full trains a LoRA adapter of --rank", default=True)
-    train_text_encoder: bool = help_field("train the text encoder too (fully)", default=False)
     columns: str = help_field("IMAGE:CAPTION column pairs, comma-separated; each gives one example per row",
                               default=DEFAULT_COLUMNS)
 

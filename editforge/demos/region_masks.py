@@ -65,7 +65,9 @@ class RegionMasksConfig:
     heads: int = help_field("transformer attention heads", default=4)
     head_dim: int = help_field("width of each attention head", default=16)
     patch_size: int = help_field("transformer patch size (latent pixels per token side)", default=2)
-    text_width: int = help_field("width of each of the two CLIP text encoders (frozen, random)", default=32)
+    text_width: int = help_field("width of each of the two CLIP text encoders (random at the start)", default=32)
+    train_text_encoder: bool = help_field("train the text encoders with each model (else they stay random and frozen)",
+                                          default=True)
     shift: float = help_field("flow-matching timestep shift of the scheduler (SD3: 3.0)", default=3.0)
     train_steps: int = help_field("training steps of each model", default=1000)
     batch_size: int = help_field("training batch size", default=32)
@@ -89,7 +91,7 @@ _HELDOUT_KEYS = ("seed", "size", "eval_items", "tasks")  # held-out edits: chang
 _VAE_KEYS = _DATA_KEYS + ("vae_steps", "vae_channels", "latent_channels")
 # the rest of the base is cheap to build: changing it keeps the fitted VAE
 _BASE_KEYS = _VAE_KEYS + ("layers", "heads", "head_dim", "patch_size", "text_width", "shift")
-_TRAIN_KEYS = _BASE_KEYS + ("train_steps", "batch_size", "learning_rate", "conditioning_dropout")
+_TRAIN_KEYS = _BASE_KEYS + ("train_steps", "batch_size", "learning_rate", "conditioning_dropout", "train_text_encoder")
 _EVAL_KEYS = _TRAIN_KEYS + ("eval_items", "eval_seeds", "inference_steps", "guidance_scale", "image_guidance_scale")
 EVAL_FOLDER = "eval"
 MODELS = {"free_form": False, "mask": True}  # name -> trained --with_mask
@@ -288,7 +290,8 @@ def _train_arguments(config: RegionMasksConfig, out: Path, base_dir: Path, datas
         "--lr_warmup_steps", str(min(100, config.train_steps // 10)),
         "--seed", str(config.seed),
         "--conditioning_dropout_prob", str(config.conditioning_dropout),
-        "--full", "--cache_latents", "--cache_text_embeddings",
+        "--full", "--cache_latents",
+        "--train_text_encoder" if config.train_text_encoder else "--cache_text_embeddings",
         "--checkpointing_steps", "0",
         "--num_validation_images", "0",
         "--no-progress", "--logging_steps", "1",
@@ -505,7 +508,7 @@ Per task (all eval seeds):
   latents {"x".join(map(str, base["latent_shape"]))}; `SD3Transformer2DModel` {config.layers} joint blocks,
   {config.heads} heads of {config.head_dim}, patch {config.patch_size} ({base["image_tokens"]} image tokens),
   {base["transformer_parameters"]:,} parameters; two CLIP text encoders of width {config.text_width}
-  ({base["text_encoder_parameters"]:,} parameters, frozen), no T5; flow matching, shift {config.shift}.
+  ({base["text_encoder_parameters"]:,} parameters, {"trained with each model" if config.train_text_encoder else "frozen"}), no T5; flow matching, shift {config.shift}.
 - Training (`training/train_sd3_pix2pix.py --full`, same data, base, seed and steps): {config.train_steps} steps,
   batch {config.batch_size}, learning rate {config.learning_rate} (cosine), conditioning dropout
   {config.conditioning_dropout}; free-form {training["free_form"]["seconds"]} s (final loss
