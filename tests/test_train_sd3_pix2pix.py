@@ -357,3 +357,31 @@ def test_trained_text_encoders_resume_exactly_and_ship_in_the_published_pipeline
     assert all(torch.equal(frozen.text_encoder.state_dict()[k], v) for k, v in base.text_encoder.state_dict().items())
     with pytest.raises(UsageError, match="--cache_text_embeddings needs frozen text encoders"):
         main(args(workspace, tmp_path / "x", "--train_text_encoder", "--cache_text_embeddings"))
+
+
+def test_max_sequence_length_sets_the_t5_tokens_the_model_is_trained_with(workspace, tmp_path, monkeypatch):
+    import inspect
+
+    from editforge.pipelines import StableDiffusion3InstructPix2PixPipeline
+    from editforge.training.train_sd3_pix2pix import SD3Pix2PixConfig, SD3Pix2PixModel, main
+
+    seen, forward = [], SD3Pix2PixModel.forward
+
+    def recording(self, noisy, timesteps, condition, text):
+        seen.append(text[0].shape[1])  # the context's tokens: CLIP's, then the T5 ones (zeros without T5)
+        return forward(self, noisy, timesteps, condition, text)
+
+    monkeypatch.setattr(SD3Pix2PixModel, "forward", recording)
+    out = tmp_path / "short"
+    trained = main(args(workspace, out, "--max_sequence_length", "4", steps=2), keep_pipeline=True)["pipeline"]
+    clip_tokens = trained.tokenizer.model_max_length
+    assert seen == [clip_tokens + 4] * 2
+    assert "| max_sequence_length (T5 tokens; sample with the same) | 4 |" in (out / "README.md").read_text()
+    seen.clear()
+    main(args(workspace, tmp_path / "default", steps=1))
+    assert seen == [clip_tokens + 256]
+    with pytest.raises(UsageError, match="--max_sequence_length must be at least 1, got 0"):
+        main(args(workspace, tmp_path / "x", "--max_sequence_length", "0"))
+    # the default is the pipeline's own, so a published model samples as it was trained
+    call = inspect.signature(StableDiffusion3InstructPix2PixPipeline.__call__).parameters["max_sequence_length"]
+    assert SD3Pix2PixConfig.max_sequence_length == call.default == 256

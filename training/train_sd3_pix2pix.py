@@ -16,6 +16,8 @@ condition latents come from the pipeline's own ``encode_condition_image`` (``--i
 as at inference); the target is ``x * scaling_factor`` (unscaled) or ``(x - shift_factor) * scaling_factor``.
 Unlike UltraEdit's trainer, conditioning dropout is applied (text -> the empty prompt's embeddings, image
 -> source AND mask latents zeroed, both) and aspect ratios are kept (buckets). Loss: SD3 flow matching.
+Prompts are encoded by the pipeline's ``encode_prompt`` with ``--max_sequence_length`` T5 tokens (zeros
+when the base has no T5; 256, the pipeline's default): sample the trained model with the same value.
 
 A LoRA adapter on the transformer (``--rank``) plus the whole patch embedding are trained (``--full``:
 the whole transformer); ``--train_text_encoder`` trains the text encoders too, fully (the empty prompt of
@@ -58,9 +60,14 @@ class SD3Pix2PixConfig(EditingConfig, FlowMatchingObjectiveConfig, TextEmbedding
         "condition latents: unscaled (UltraEdit) or scaled_shifted (diffusers' community SD3 InstructPix2Pix);"
         " default: the editing checkpoint's, or unscaled", default=None)
     validation_guidance_scale: float = help_field("text guidance of validation images", default=7.0)
+    max_sequence_length: int = help_field(
+        "T5 tokens of each prompt, zeros where the base has no T5 (the pipeline's max_sequence_length): sample the"
+        " trained model with the same value", default=256)
 
     def validate(self) -> None:
         super().validate()
+        if self.max_sequence_length < 1:
+            raise UsageError(f"--max_sequence_length must be at least 1, got {self.max_sequence_length}")
         if self.image_latents_normalization not in (None, *NORMALIZATIONS):
             raise UsageError(f"--image_latents_normalization must be one of {', '.join(NORMALIZATIONS)},"
                              f" got {self.image_latents_normalization!r}")
@@ -193,7 +200,8 @@ def main(argv: list[str] | SD3Pix2PixConfig | None = None, keep_pipeline: bool =
         transformer.pos_embed.proj.requires_grad_(True)
 
     def encode_prompts(prompts):
-        embeds, _, pooled, _ = pipe.encode_prompt(prompts, None, None, device=device, do_classifier_free_guidance=False)
+        embeds, _, pooled, _ = pipe.encode_prompt(prompts, None, None, device=device, do_classifier_free_guidance=False,
+                                                  max_sequence_length=config.max_sequence_length)
         return embeds, pooled
 
     model = (SD3Pix2PixModel(transformer, encoders, encode_prompts) if config.train_text_encoder
@@ -273,8 +281,8 @@ def main(argv: list[str] | SD3Pix2PixConfig | None = None, keep_pipeline: bool =
 
     def validate(step: int):
         if trainer.is_main_process and rows:
-            write_validation_grid(trainer, step, rows, edit_renderer(config, build_pipeline(None),
-                                                                     with_mask=config.with_mask))
+            write_validation_grid(trainer, step, rows, edit_renderer(config, build_pipeline(None), with_mask=config.with_mask,
+                                                                     max_sequence_length=config.max_sequence_length))
 
     result = trainer.train(compute_loss, validate)
     training = output.training_card_fields(config, result, dataset, denoiser="transformer")
@@ -284,6 +292,7 @@ def main(argv: list[str] | SD3Pix2PixConfig | None = None, keep_pipeline: bool =
         "conditioning dropout (text, image + mask, both; each)": config.conditioning_dropout_prob,
         "timestep density / loss weighting": f"{config.weighting_scheme} / {config.loss_weighting}",
         "text encoders": f"{', '.join(encoders)}: {'trained' if config.train_text_encoder else 'frozen'}",
+        "max_sequence_length (T5 tokens; sample with the same)": config.max_sequence_length,
     })
     extra_weights = None
     if not config.full:

@@ -69,6 +69,8 @@ class RegionMasksConfig:
     train_text_encoder: bool = help_field("train the text encoders with each model (else they stay random and frozen)",
                                           default=True)
     shift: float = help_field("flow-matching timestep shift of the scheduler (SD3: 3.0)", default=3.0)
+    max_sequence_length: int = help_field("T5 tokens of each prompt, zeros without T5 (SD3's pipeline: 256), in training "
+                                          "and sampling", default=256)
     train_steps: int = help_field("training steps of each model", default=1000)
     batch_size: int = help_field("training batch size", default=32)
     learning_rate: float = help_field("peak learning rate (cosine schedule)", default=1e-3)
@@ -91,7 +93,8 @@ _HELDOUT_KEYS = ("seed", "size", "eval_items", "tasks")  # held-out edits: chang
 _VAE_KEYS = _DATA_KEYS + ("vae_steps", "vae_channels", "latent_channels")
 # the rest of the base is cheap to build: changing it keeps the fitted VAE
 _BASE_KEYS = _VAE_KEYS + ("layers", "heads", "head_dim", "patch_size", "text_width", "shift")
-_TRAIN_KEYS = _BASE_KEYS + ("train_steps", "batch_size", "learning_rate", "conditioning_dropout", "train_text_encoder")
+_TRAIN_KEYS = _BASE_KEYS + ("train_steps", "batch_size", "learning_rate", "conditioning_dropout", "train_text_encoder",
+                            "max_sequence_length")
 _EVAL_KEYS = _TRAIN_KEYS + ("eval_items", "eval_seeds", "inference_steps", "guidance_scale", "image_guidance_scale")
 EVAL_FOLDER = "eval"
 MODELS = {"free_form": False, "mask": True}  # name -> trained --with_mask
@@ -290,6 +293,7 @@ def _train_arguments(config: RegionMasksConfig, out: Path, base_dir: Path, datas
         "--lr_warmup_steps", str(min(100, config.train_steps // 10)),
         "--seed", str(config.seed),
         "--conditioning_dropout_prob", str(config.conditioning_dropout),
+        "--max_sequence_length", str(config.max_sequence_length),
         "--full", "--cache_latents",
         "--train_text_encoder" if config.train_text_encoder else "--cache_text_embeddings",
         "--checkpointing_steps", "0",
@@ -315,7 +319,7 @@ def _evaluate(config: RegionMasksConfig, out: Path, stages: _Stages, base_dir: P
     stages.put("evaluation", _EVAL_KEYS, {"folder": str(folder)})
     ceiling = _vae_ceiling(out, base_dir, heldout_manifest)
     asked = {"num_inference_steps": config.inference_steps, "guidance_scale": config.guidance_scale,
-             "image_guidance_scale": config.image_guidance_scale}
+             "image_guidance_scale": config.image_guidance_scale, "max_sequence_length": config.max_sequence_length}
     models = [ModelSpec(name, str(out / name), asked) for name in MODELS]
     models.append(ModelSpec("vae_ceiling", f"outputs:{ceiling}"))
     return evaluate(models, str(heldout_manifest), folder, judge="oracle", seeds=config.eval_seeds,
@@ -508,7 +512,8 @@ Per task (all eval seeds):
   latents {"x".join(map(str, base["latent_shape"]))}; `SD3Transformer2DModel` {config.layers} joint blocks,
   {config.heads} heads of {config.head_dim}, patch {config.patch_size} ({base["image_tokens"]} image tokens),
   {base["transformer_parameters"]:,} parameters; two CLIP text encoders of width {config.text_width}
-  ({base["text_encoder_parameters"]:,} parameters, {"trained with each model" if config.train_text_encoder else "frozen"}), no T5; flow matching, shift {config.shift}.
+  ({base["text_encoder_parameters"]:,} parameters, {"trained with each model" if config.train_text_encoder else "frozen"}), no T5 ({config.max_sequence_length} zero tokens in its place, in training
+  and sampling); flow matching, shift {config.shift}.
 - Training (`training/train_sd3_pix2pix.py --full`, same data, base, seed and steps): {config.train_steps} steps,
   batch {config.batch_size}, learning rate {config.learning_rate} (cosine), conditioning dropout
   {config.conditioning_dropout}; free-form {training["free_form"]["seconds"]} s (final loss
