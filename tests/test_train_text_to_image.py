@@ -65,11 +65,12 @@ def test_the_loss_falls_on_a_fixed_batch(trained):
     assert grid.size == (64, 64)  # two captions, each row: the data's image | the model's image for it
 
 
-@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
-def test_the_first_loss_is_the_ddpm_objective_computed_by_hand(workspace, tmp_path, prediction_type):
+@pytest.mark.parametrize("prediction_type, caption_dropout", [("epsilon", 0.0), ("v_prediction", 0.0), ("epsilon", 0.99)])
+def test_the_first_loss_is_the_ddpm_objective_computed_by_hand(workspace, tmp_path, prediction_type, caption_dropout):
     """One example (row 0's source image and caption), one step: the image's VAE latents sampled and
     scaled, noise and a timestep drawn from the step's generator, the scheduler's noising, the UNet's
-    prediction given the caption's CLIP hidden states, and the MSE to the noise (or velocity)."""
+    prediction given the caption's CLIP hidden states (the empty caption's when the next draw falls
+    under --caption_dropout_prob), and the MSE to the noise (or velocity)."""
     from datasets import load_dataset
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
@@ -79,7 +80,7 @@ def test_the_first_loss_is_the_ddpm_objective_computed_by_hand(workspace, tmp_pa
 
     summary = main(args(workspace, tmp_path / "run", "--columns", "source_image:source_caption", "--max_train_samples",
                         "1", "--train_batch_size", "1", "--center_crop", "--seed", "3",
-                        "--prediction_type", prediction_type, steps=1))
+                        "--prediction_type", prediction_type, "--caption_dropout_prob", str(caption_dropout), steps=1))
     base = workspace / "base"
     vae = AutoencoderKL.from_pretrained(base, subfolder="vae")
     unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
@@ -93,8 +94,10 @@ def test_the_first_loss_is_the_ddpm_objective_computed_by_hand(workspace, tmp_pa
         latents = vae.encode(pixels.permute(2, 0, 1)[None]).latent_dist.sample(generator) * vae.config.scaling_factor
         noise = torch.randn(latents.shape, generator=generator)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (1,), generator=generator)
-        ids = tokenizer([row["source_caption"]], padding="max_length", truncation=True,
+        dropped = caption_dropout > 0 and bool(torch.rand(1, generator=generator) < caption_dropout)
+        ids = tokenizer(["" if dropped else row["source_caption"]], padding="max_length", truncation=True,
                         max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
+        assert dropped == (caption_dropout > 0)  # the draw for 0.99, this seed
         prediction = unet(scheduler.add_noise(latents, noise, t), t, text_encoder(ids)[0]).sample
         target = noise if prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, t)
         expected = torch.nn.functional.mse_loss(prediction, target).item()
@@ -182,6 +185,8 @@ def test_bad_columns_and_bases_are_refused_clearly(workspace, tmp_path):
         main(args(workspace, tmp_path / "x", "--columns", "image:caption"))
     with pytest.raises(UsageError, match="has no column 'text'.*its columns: .*edited_image, mask_image, instruction"):
         main(args(workspace, tmp_path / "x", "--columns", "source_image:source_caption,edited_image:text"))
+    with pytest.raises(UsageError, match="--caption_dropout_prob out of range 0..1: 1.0"):
+        main(args(workspace, tmp_path / "x", "--caption_dropout_prob", "1"))
     with pytest.raises(UsageError, match="--columns takes IMAGE:CAPTION pairs separated by commas, got 'source_image'"):
         main(args(workspace, tmp_path / "x", "--columns", "source_image"))
     with pytest.raises(UsageError, match="column 'instruction' of .* not images"):

@@ -16,7 +16,8 @@ can be pre-trained from scratch here, then aligned with train_diffusion_dpo.py. 
 ``--train_text_encoder`` the text encoder too (fully: a small model pre-trained from scratch needs
 one that reads its captions; a random frozen one carries little of them); the VAE is frozen. The
 objective is the DDPM one of ``training.objectives`` (epsilon or v-prediction, optional min-SNR
-weighting), as in the other UNet scripts.
+weighting), as in the other UNet scripts. ``--caption_dropout_prob`` trains a share of examples with
+the empty caption, which classifier-free guidance at inference needs.
 
 Data: any dataset ``load_dataset`` reads. ``--columns IMAGE:CAPTION[,IMAGE:CAPTION...]`` names the
 image and caption columns; each pair gives one example per row. The default
@@ -65,10 +66,15 @@ class TextToImageConfig(DenoisingObjectiveConfig, TextEncoderTrainingConfig, Tra
     full: bool = help_field("train the whole UNet (the default); --no-full trains a LoRA adapter of --rank", default=True)
     columns: str = help_field("IMAGE:CAPTION column pairs, comma-separated; each gives one example per row",
                               default=DEFAULT_COLUMNS)
+    caption_dropout_prob: float = help_field(
+        "share of examples trained with the empty caption, so that the model can be sampled with classifier-free"
+        " guidance (guidance_scale > 1)", default=0.0)
 
     def validate(self) -> None:
         super().validate()
         parse_columns(self.columns)
+        if not 0 <= self.caption_dropout_prob < 1:
+            raise UsageError(f"--caption_dropout_prob out of range 0..1: {self.caption_dropout_prob}")
         if self.aspect_ratio_buckets:
             raise UsageError("--aspect_ratio_buckets is not supported by train_text_to_image.py yet (square crops only)")
 
@@ -231,6 +237,8 @@ def main(argv: list[str] | TextToImageConfig | None = None, keep_pipeline: bool 
                                 seed=config.seed)
     trainer.prepare(model, examples, sampler, make_collate(tokenizer))
     scaling = vae.config.scaling_factor
+    null_ids = tokenizer([""], padding="max_length", truncation=True, max_length=tokenizer.model_max_length,
+                         return_tensors="pt").input_ids.to(device)
 
     def compute_loss(batch, generator):
         with torch.no_grad():
@@ -242,7 +250,11 @@ def main(argv: list[str] | TextToImageConfig | None = None, keep_pipeline: bool 
         timesteps = sample_timesteps(noise_scheduler, latents.shape[0], generator, device)
         noisy = noise_scheduler.add_noise(latents, noise, timesteps)
         target = target_for(noise_scheduler, latents, noise, timesteps, prediction_type)
-        prediction = trainer.model(noisy, timesteps, batch["input_ids"].to(device))
+        input_ids = batch["input_ids"].to(device)
+        if config.caption_dropout_prob > 0:  # drawn after the noise and timesteps: no dropout, no draw
+            dropped = (torch.rand(len(input_ids), generator=generator) < config.caption_dropout_prob).to(device)
+            input_ids = torch.where(dropped[:, None], null_ids, input_ids)
+        prediction = trainer.model(noisy, timesteps, input_ids)
         return diffusion_loss(prediction, target, noise_scheduler, timesteps, config.snr_gamma, prediction_type)
 
     def build_pipeline(unet_for_pipeline):
@@ -270,6 +282,7 @@ def main(argv: list[str] | TextToImageConfig | None = None, keep_pipeline: bool 
     training.update({"dataset": dataset_name, "columns (image:caption)": config.columns, "dataset rows": len(dataset),
                      "training examples": len(entries), "objective": f"DDPM, {prediction_type}",
                      "min-SNR gamma": config.snr_gamma if config.snr_gamma is not None else "off",
+                     "caption dropout": config.caption_dropout_prob,
                      "text encoder": "trained" if config.train_text_encoder else "frozen"})
     summary = output.finish_run(config, trainer, result, build_pipeline=build_pipeline, training=training, denoiser="unet",
                                 spec="text_to_image", validate=validate, keep_pipeline=keep_pipeline)

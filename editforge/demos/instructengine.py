@@ -87,6 +87,8 @@ class InstructEngineConfig:
     pretrain_steps: int = help_field("pre-training steps (train_text_to_image.py, the whole UNet)", default=1200)
     pretrain_batch_size: int = help_field("pre-training batch size", default=32)
     pretrain_learning_rate: float = help_field("peak pre-training learning rate (cosine)", default=1e-3)
+    caption_dropout: float = help_field("share of pre-training examples with the empty caption (what guidance needs)",
+                                        default=0.1)
     per_subtopic: int = help_field("base prompts per subtopic of the synthetic taxonomy (41 subtopics)", default=4)
     axes: str = help_field("contrast axes, comma-separated (content, counterfactual, aesthetics)",
                            default="content,counterfactual,aesthetics")
@@ -101,7 +103,7 @@ class InstructEngineConfig:
     eval_styled: float = help_field("share of held-out prompts with a style", default=0.25)
     eval_seeds: str = help_field("sampling seeds of the evaluation, comma-separated", default="0,1")
     inference_steps: int = help_field("denoising steps per image (pairs and evaluation)", default=10)
-    guidance_scale: float = help_field("text guidance (1: none; the model is trained without caption dropout)",
+    guidance_scale: float = help_field("text guidance (1: none; above 1 needs --caption_dropout)",
                                        default=1.0)
     generation_batch_size: int = help_field("images per pipeline call", default=32)
     parallel_training: bool = help_field("train both DPO runs at once, one process each", default=True)
@@ -121,7 +123,8 @@ class InstructEngineConfig:
 _DATA_KEYS = ("seed", "size", "train_items")
 _VAE_KEYS = _DATA_KEYS + ("vae_steps", "vae_channels")
 _BASE_KEYS = _VAE_KEYS + ("unet_channels", "text_width", "text_layers")
-_PRETRAIN_KEYS = _BASE_KEYS + ("train_text_encoder", "pretrain_steps", "pretrain_batch_size", "pretrain_learning_rate")
+_PRETRAIN_KEYS = _BASE_KEYS + ("train_text_encoder", "pretrain_steps", "pretrain_batch_size", "pretrain_learning_rate",
+                               "caption_dropout")
 _PROMPT_KEYS = ("seed", "per_subtopic", "axes")
 _PAIR_KEYS = _PRETRAIN_KEYS + _PROMPT_KEYS + ("inference_steps", "guidance_scale")
 _TRAIN_KEYS = _PAIR_KEYS + ("train_steps", "batch_size", "learning_rate", "beta_dpo", "rank")
@@ -350,7 +353,8 @@ def _common_arguments(base_dir: Path, dataset_dir: Path, output: Path, size: int
 def _pretrain_arguments(config: InstructEngineConfig, out: Path, base_dir: Path, dataset_dir: Path) -> list[str]:
     return _common_arguments(base_dir, dataset_dir, out / BASE, config.size, config.pretrain_batch_size,
                              config.pretrain_steps, config.pretrain_learning_rate, config.seed) + [
-        "--full", "--train_text_encoder" if config.train_text_encoder else "--no-train_text_encoder"]
+        "--full", "--train_text_encoder" if config.train_text_encoder else "--no-train_text_encoder",
+        "--caption_dropout_prob", str(config.caption_dropout)]
 
 
 # -- prompts and pairs -----------------------------------------------------------------------------
@@ -702,7 +706,7 @@ timestep for the two. Reward accuracy and margin are the trainer's logs (first -
   {base['vocabulary']} word tokens; UNet {config.unet_channels}, {base['unet_parameters']:,} parameters, pre-trained by
   `train_text_to_image.py --full{" --train_text_encoder" if config.train_text_encoder else ""}` for
   {pretraining['steps']} steps, batch {config.pretrain_batch_size}, learning rate {config.pretrain_learning_rate}
-  (cosine), v-prediction (final loss {pretraining['final_loss']}, {pretraining['seconds']} s).
+  (cosine), caption dropout {config.caption_dropout:g}, v-prediction (final loss {pretraining['final_loss']}, {pretraining['seconds']} s).
 - Sampling (pairs and evaluation): {config.inference_steps} Euler steps, guidance {config.guidance_scale:g}.
 - Time per stage (s, wall clock): {results['timings_s']}; CPU seconds (all processes): {results['cpu_seconds']}.
 
