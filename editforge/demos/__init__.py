@@ -16,7 +16,7 @@ VARIANTS = {
                        "judged through editforge eval (about 18 min on 2 cores shared with other jobs)"),
     "region-masks": ("editforge.demos.region_masks", "RegionMasksConfig", "run_region_masks_demo",
                      "UltraEdit's region masks in miniature: SD3 InstructPix2Pix trained with and without a mask "
-                     "on local edits, judged through editforge eval (about 15 min on 2 cores)"),
+                     "on local edits, judged through editforge eval (about 10 min on 2 cores)"),
     "ultraedit-filtering": ("editforge.demos.ultraedit_filtering", "FilteringConfig", "run_filtering_demo",
                             "UltraEdit's metric filtering in miniature: InstructPix2Pix trained on metric-filtered vs "
                             "equally many unfiltered candidates, judged through editforge eval"),

@@ -55,7 +55,7 @@ class RegionMasksConfig:
     seed: int = help_field("seed of the data (held-out data: seed + 1000) and of training", default=0)
     size: int = help_field("image side in pixels", default=32)
     train_items: int = help_field("training triplets", default=2000)
-    eval_items: int = help_field("held-out edits to evaluate", default=100)
+    eval_items: int = help_field("held-out edits to evaluate", default=300)
     imperfect: float = help_field("share of training triplets with a failure (editforge synth's)", default=0.0)
     tasks: str = help_field("edit kinds, comma-separated: local ones (each has a region mask)", default=LOCAL_EDITS)
     vae_steps: int = help_field("steps fitting the base model's VAE to the images and masks", default=600)
@@ -70,8 +70,9 @@ class RegionMasksConfig:
                                           default=True)
     shift: float = help_field("flow-matching timestep shift of the scheduler (SD3: 3.0)", default=3.0)
     max_sequence_length: int = help_field("T5 tokens of each prompt, zeros without T5 (SD3's pipeline: 256), in training "
-                                          "and sampling", default=256)
-    train_steps: int = help_field("training steps of each model", default=1000)
+                                          "and sampling; 1: the text is read from the CLIP tokens (4.5x faster than "
+                                          "256, the same result at 1000 steps here)", default=1)
+    train_steps: int = help_field("training steps of each model", default=3000)
     batch_size: int = help_field("training batch size", default=32)
     learning_rate: float = help_field("peak learning rate (cosine schedule)", default=1e-3)
     conditioning_dropout: float = help_field("conditioning dropout of text, image (+ mask), both; each", default=0.05)
