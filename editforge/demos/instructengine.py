@@ -104,7 +104,7 @@ class InstructEngineConfig:
     eval_seeds: str = help_field("sampling seeds of the evaluation, comma-separated", default="0,1")
     inference_steps: int = help_field("denoising steps per image (pairs and evaluation)", default=10)
     guidance_scale: float = help_field("text guidance (1: none; above 1 needs --caption_dropout)",
-                                       default=1.0)
+                                       default=3.0)
     generation_batch_size: int = help_field("images per pipeline call", default=32)
     parallel_training: bool = help_field("train both DPO runs at once, one process each", default=True)
     grid_rows: int = help_field("held-out prompts shown in grid.png", default=12)
