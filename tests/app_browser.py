@@ -68,11 +68,13 @@ def chromium(executable: str):
 
 class Recorder:
     """Stands in for a pipeline's call: calls it, keeps every call's arguments, counts how many calls
-    ran at once and can slow each denoising step down (``step_delay`` seconds)."""
+    ran at once and can slow each denoising step down (``step_delay`` seconds) or hold it after its progress
+    is reported until ``gate`` (a ``threading.Event``) is set."""
 
     def __init__(self, pipe, step_delay: float = 0.0):
         self.pipe = pipe
         self.step_delay = step_delay
+        self.gate: threading.Event | None = None
         self.calls: list[dict] = []
         self.most_at_once = 0
         self._running = 0
@@ -81,10 +83,13 @@ class Recorder:
     def __call__(self, **kwargs):
         self.calls.append(kwargs)
         on_step_end = kwargs.get("callback_on_step_end")
-        if self.step_delay and on_step_end is not None:
+        if (self.step_delay or self.gate is not None) and on_step_end is not None:
             def slowed(pipe, step, timestep, tensors):
                 time.sleep(self.step_delay)
-                return on_step_end(pipe, step, timestep, tensors)
+                result = on_step_end(pipe, step, timestep, tensors)  # the step's progress is shown, then held
+                if self.gate is not None and not self.gate.wait(timeout=120):
+                    raise TimeoutError("the test never opened the recorder's gate")
+                return result
 
             kwargs = {**kwargs, "callback_on_step_end": slowed}
         with self._lock:

@@ -5,6 +5,7 @@ the page and the next request still works; requests queue, one at a time, with p
 
 import os
 import re
+import threading
 
 import numpy as np
 import pytest
@@ -164,16 +165,18 @@ def test_requests_queue_one_at_a_time_with_progress_per_step(open_page, reward_a
         page.set_value("instruction", INSTRUCTION)
         page.set_value("seed", seed)
         page.set_value("steps", 3)
-    recorder.step_delay = 0.3
+    recorder.gate = gate = threading.Event()  # the first request is held at its first step, shown as 1/3
     try:
         first.run()
+        first.wait_for_text("results", re.compile(r"1/3 steps"))  # per denoising step
         second.run()
-        first.wait_for_text("results", re.compile(r"[12]/3 steps"))  # per denoising step
         second.wait_for_text("results", re.compile(r"queue: 1/1"))  # waiting behind the first
+        gate.set()
         [(one, _)] = first.results(1)
         [(two, _)] = second.results(1)
     finally:
-        recorder.step_delay = 0.0
+        gate.set()
+        recorder.gate = None
     assert recorder.most_at_once == 1
     source = Image.open(images["square"]).convert("RGB")
     assert_same_pixels(one, direct(reward_pipe, source, 1, num_inference_steps=3))
