@@ -84,7 +84,7 @@ class InstructEngineConfig:
     text_layers: int = help_field("layers of the CLIP text encoder", default=2)
     train_text_encoder: bool = help_field("pre-train the text encoder with the UNet (else it stays random)",
                                           default=True)
-    pretrain_steps: int = help_field("pre-training steps (train_text_to_image.py, the whole UNet)", default=1200)
+    pretrain_steps: int = help_field("pre-training steps (train_text_to_image.py, the whole UNet)", default=2000)
     pretrain_batch_size: int = help_field("pre-training batch size", default=32)
     pretrain_learning_rate: float = help_field("peak pre-training learning rate (cosine)", default=1e-3)
     caption_dropout: float = help_field("share of pre-training examples with the empty caption (what guidance needs)",
@@ -102,7 +102,7 @@ class InstructEngineConfig:
                                       default=2000)
     eval_styled: float = help_field("share of held-out prompts with a style", default=0.25)
     eval_seeds: str = help_field("sampling seeds of the evaluation, comma-separated", default="0,1")
-    inference_steps: int = help_field("denoising steps per image (pairs and evaluation)", default=10)
+    inference_steps: int = help_field("denoising steps per image (pairs and evaluation)", default=15)
     guidance_scale: float = help_field("text guidance (1: none; above 1 needs --caption_dropout)",
                                        default=3.0)
     generation_batch_size: int = help_field("images per pipeline call", default=32)
