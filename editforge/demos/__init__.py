@@ -13,7 +13,7 @@ VARIANTS = {
     "instructengine": ("editforge.demos.instructengine", "InstructEngineConfig", "run_instructengine_demo",
                        "InstructEngine in miniature: a tiny text-to-image model pre-trained on synthetic scenes, "
                        "preference pairs from the synthetic taxonomy, single-pair vs cross-validation Diffusion-DPO, "
-                       "judged through editforge eval (about 13 min on 2 cores)"),
+                       "judged through editforge eval (about 14 min on 2 cores)"),
     "region-masks": ("editforge.demos.region_masks", "RegionMasksConfig", "run_region_masks_demo",
                      "UltraEdit's region masks in miniature: SD3 InstructPix2Pix trained with and without a mask "
                      "on local edits, judged through editforge eval (about 10 min on 2 cores)"),

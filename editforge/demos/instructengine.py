@@ -89,7 +89,7 @@ class InstructEngineConfig:
     pretrain_learning_rate: float = help_field("peak pre-training learning rate (cosine)", default=1e-3)
     caption_dropout: float = help_field("share of pre-training examples with the empty caption (what guidance needs)",
                                         default=0.1)
-    per_subtopic: int = help_field("base prompts per subtopic of the synthetic taxonomy (41 subtopics)", default=4)
+    per_subtopic: int = help_field("base prompts per subtopic of the synthetic taxonomy (41 subtopics)", default=8)
     axes: str = help_field("contrast axes, comma-separated (content, counterfactual, aesthetics)",
                            default="content,counterfactual,aesthetics")
     train_steps: int = help_field("Diffusion-DPO steps of each run", default=200)
