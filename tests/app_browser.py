@@ -68,12 +68,11 @@ def chromium(executable: str):
 
 class Recorder:
     """Stands in for a pipeline's call: calls it, keeps every call's arguments, counts how many calls
-    ran at once and can slow each denoising step down (``step_delay`` seconds) or hold it after its progress
-    is reported until ``gate`` (a ``threading.Event``) is set."""
+    ran at once and can hold each denoising step, after its progress is reported, until ``gate`` (a
+    ``threading.Event``) is set."""
 
-    def __init__(self, pipe, step_delay: float = 0.0):
+    def __init__(self, pipe):
         self.pipe = pipe
-        self.step_delay = step_delay
         self.gate: threading.Event | None = None
         self.calls: list[dict] = []
         self.most_at_once = 0
@@ -82,16 +81,15 @@ class Recorder:
 
     def __call__(self, **kwargs):
         self.calls.append(kwargs)
-        on_step_end = kwargs.get("callback_on_step_end")
-        if (self.step_delay or self.gate is not None) and on_step_end is not None:
-            def slowed(pipe, step, timestep, tensors):
-                time.sleep(self.step_delay)
+        on_step_end, gate = kwargs.get("callback_on_step_end"), self.gate
+        if gate is not None and on_step_end is not None:
+            def held(pipe, step, timestep, tensors):
                 result = on_step_end(pipe, step, timestep, tensors)  # the step's progress is shown, then held
-                if self.gate is not None and not self.gate.wait(timeout=120):
+                if not gate.wait(timeout=120):
                     raise TimeoutError("the test never opened the recorder's gate")
                 return result
 
-            kwargs = {**kwargs, "callback_on_step_end": slowed}
+            kwargs = {**kwargs, "callback_on_step_end": held}
         with self._lock:
             self._running += 1
             self.most_at_once = max(self.most_at_once, self._running)
