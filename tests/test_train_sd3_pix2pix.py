@@ -246,12 +246,19 @@ def test_the_script_reports_a_bad_setting_in_one_line(workspace, tmp_path):
 @pytest.mark.parametrize("normalization", ["unscaled", "scaled_shifted"])
 def test_cached_latents_train_as_the_pipeline_encodes(workspace, tmp_path, monkeypatch, normalization):
     """With the target drawn as the VAE's mode (as cached), cached and uncached runs compute the same losses:
-    the cached condition latents are normalised exactly as the pipeline's encode_condition_image does."""
+    the cached condition latents are normalised exactly as the pipeline's encode_condition_image does. With
+    --cache_latent_distribution the target is drawn from the cached distribution as the VAE draws it."""
     from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
     from editforge.training.train_sd3_pix2pix import main
 
     common = ("--with_mask", "--image_latents_normalization", normalization, "--conditioning_dropout_prob", "0.2")
+    if normalization == "scaled_shifted":  # --cache_latent_distribution: the per-step encoding's draws, as they are
+        drawn = main(args(workspace, tmp_path / "drawn", *common, "--cache_latents", "--cache_latent_distribution",
+                          steps=3))["losses"]
+        sampled = main(args(workspace, tmp_path / "sampled", *common, steps=3))["losses"]
+        assert sorted(drawn) == [1, 2, 3]
+        assert all(abs(drawn[s] - sampled[s]) <= 1e-5 * abs(sampled[s]) for s in drawn), (drawn, sampled)
     cached = main(args(workspace, tmp_path / "cached", *common, "--cache_latents", steps=3))["losses"]
     monkeypatch.setattr(DiagonalGaussianDistribution, "sample", lambda self, generator=None: self.mode())
     uncached = main(args(workspace, tmp_path / "plain", *common, steps=3))["losses"]

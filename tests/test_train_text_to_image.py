@@ -198,16 +198,24 @@ def test_bad_columns_and_bases_are_refused_clearly(workspace, tmp_path):
 
 def test_cached_latents_train_as_encoding_every_step(workspace, tmp_path, monkeypatch):
     """--cache_latents encodes every image once (the VAE's mode): with the per-step encoding drawing
-    the mode too, the losses are the same."""
+    the mode too, the losses are the same; with --cache_latent_distribution they are the per-step
+    encoding's as it is (the same draws)."""
     from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
     from editforge.training.train_text_to_image import main
 
+    def same(a, b):
+        return sorted(a) == [1, 2, 3] and all(abs(a[s] - b[s]) <= 1e-5 * abs(b[s]) for s in a)
+
+    # --cache_latent_distribution: each step draws from the cached distribution, as the VAE's encoding would
+    drawn = main(args(workspace, tmp_path / "drawn", "--cache_latents", "--cache_latent_distribution", steps=3))["losses"]
+    sampled = main(args(workspace, tmp_path / "sampled", steps=3))["losses"]
+    assert same(drawn, sampled), (drawn, sampled)
     cached = main(args(workspace, tmp_path / "cached", "--cache_latents", steps=3))["losses"]
+    assert not same(cached, sampled)  # the mode is not a draw
     monkeypatch.setattr(DiagonalGaussianDistribution, "sample", lambda self, generator=None: self.mode())
     plain = main(args(workspace, tmp_path / "plain", steps=3))["losses"]
-    assert sorted(cached) == [1, 2, 3]
-    assert all(abs(cached[s] - plain[s]) <= 1e-5 * abs(plain[s]) for s in cached), (cached, plain)
+    assert same(cached, plain), (cached, plain)
 
 
 def test_the_spec_is_chosen_by_name_and_stock_detection_is_unchanged():

@@ -125,6 +125,26 @@ def test_baseline_is_a_plain_instruct_pix2pix_pipeline(workspace, tmp_path):
     assert "--without_rewards" in (out / "README.md").read_text()
 
 
+def test_cached_latent_distribution_trains_as_encoding_every_step(workspace, tmp_path):
+    """--cache_latents --cache_latent_distribution: the edit's latent is drawn each step from the cached
+    distribution (the source's is its mode), exactly as the per-step encoding draws them."""
+    from editforge.training.train_reward_pix2pix import main
+
+    drawn = main(args(workspace, tmp_path / "drawn", "--cache_latents", "--cache_latent_distribution", steps=3))["losses"]
+    sampled = main(args(workspace, tmp_path / "sampled", steps=3))["losses"]
+    assert sorted(drawn) == [1, 2, 3]
+    assert all(abs(drawn[s] - sampled[s]) <= 1e-5 * abs(sampled[s]) for s in drawn), (drawn, sampled)
+
+
+def test_cache_latent_distribution_needs_cache_latents(workspace, tmp_path):
+    from editforge.errors import UsageError
+    from editforge.training.train_reward_pix2pix import main
+
+    with pytest.raises(UsageError, match="--cache_latent_distribution needs --cache_latents"):
+        main(args(workspace, tmp_path / "x", "--cache_latent_distribution"))
+    assert not (tmp_path / "x").exists()
+
+
 def test_conditioner_learning_rate_is_its_own(workspace, tmp_path):
     from safetensors.torch import load_file
 

@@ -75,7 +75,10 @@ class TrainingConfig:
     full: bool = help_field("train the whole denoiser instead of a LoRA adapter", default=False)
     rank: int = help_field("LoRA rank of the denoiser's adapter", default=4)
     lora_alpha: int | None = help_field("LoRA alpha (default: the rank)", default=None)
-    cache_latents: bool = help_field("encode every image once with the frozen VAE before training", default=False)
+    cache_latents: bool = help_field("encode every image once with the frozen VAE before training (its mode)", default=False)
+    cache_latent_distribution: bool = help_field(
+        "with --cache_latents: keep each latent's mean and variance and draw a latent every step, as encoding every "
+        "step does (the same training, twice the cache's memory)", default=False)
 
     checkpointing_steps: int = help_field("save a resumable checkpoint every N steps (0: never)", default=500)
     checkpoints_total_limit: int | None = help_field("keep at most N checkpoints", default=None)
@@ -112,6 +115,8 @@ class TrainingConfig:
             (self.report_to in TRACKERS, f"--report_to must be one of {', '.join(TRACKERS)}"),
             (self.checkpointing_steps >= 0, "--checkpointing_steps must be 0 or more"),
             (self.logging_steps >= 1, f"--logging_steps must be at least 1, got {self.logging_steps}"),
+            (self.cache_latents or not self.cache_latent_distribution,
+             "--cache_latent_distribution needs --cache_latents"),
         ]
         for ok, message in checks:
             if not ok:

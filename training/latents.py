@@ -8,9 +8,15 @@ import torch
 class CachedLatents(torch.utils.data.Dataset):
     """``examples`` (a map-style dataset of dicts) with each image tensor under ``keys`` (``[3, H, W]``,
     or several stacked, ``[..., 3, H, W]``) replaced by its VAE latent (``latent_dist.mode()``,
-    unscaled) under ``<key>_latents``; other fields stay."""
+    unscaled) under ``<key>_latents``; other fields stay.
 
-    def __init__(self, examples, vae, keys=("source", "edited"), batch_size: int = 32, progress: bool = True):
+    With ``distribution`` (``--cache_latent_distribution``) the latent distribution's parameters are
+    kept instead (``latent_dist.parameters``: mean and log-variance, ``[2C, h, w]``), so that training
+    draws a latent every step as encoding every step does (``cached_latents``): the same training,
+    twice the memory."""
+
+    def __init__(self, examples, vae, keys=("source", "edited"), batch_size: int = 32, progress: bool = True,
+                 distribution: bool = False):
         from tqdm.auto import tqdm
 
         self.rows, pending = [], []
@@ -18,7 +24,8 @@ class CachedLatents(torch.utils.data.Dataset):
         @torch.no_grad()
         def encode(pixels):  # [..., 3, H, W] (a pair's images: [B, 2, 3, H, W]) -> [..., C, h, w]
             flat = pixels.reshape(-1, *pixels.shape[-3:]).to(vae.device, vae.dtype)
-            latents = vae.encode(flat).latent_dist.mode().float().cpu()
+            posterior = vae.encode(flat).latent_dist
+            latents = (posterior.parameters if distribution else posterior.mode()).float().cpu()
             return latents.reshape(*pixels.shape[:-3], *latents.shape[1:])
 
         def flush():
@@ -40,3 +47,16 @@ class CachedLatents(torch.utils.data.Dataset):
 
     def __getitem__(self, index):
         return self.rows[index]
+
+
+def cached_latents(cached: torch.Tensor, generator: torch.Generator | None = None, *, distribution: bool,
+                   sample: bool = True) -> torch.Tensor:
+    """Unscaled latents ``[B, C, h, w]`` from a batch of what ``CachedLatents`` stored: the mode as it is;
+    from the distribution's parameters a draw with ``generator`` (``sample``, as ``latent_dist.sample``
+    draws it: the same noise for the same generator state) or its mode."""
+    if not distribution:
+        return cached
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    posterior = DiagonalGaussianDistribution(cached)
+    return posterior.sample(generator) if sample else posterior.mode()

@@ -148,7 +148,7 @@ def main(argv: list[str] | DiffusionDPOConfig | None = None, keep_pipeline: bool
     from editforge.training import output
     from editforge.training.components import inference_scheduler, load_components
     from editforge.training.data import PairExamples, contrasting_pairs, load_pair_dataset
-    from editforge.training.latents import CachedLatents
+    from editforge.training.latents import CachedLatents, cached_latents
     from editforge.training.lora import add_lora
     from editforge.training.objectives import (diffusion_dpo_loss, dpo_logits, noise_like, sample_timesteps, target_for,
                                                weighted_mse)
@@ -194,8 +194,9 @@ def main(argv: list[str] | DiffusionDPOConfig | None = None, keep_pipeline: bool
                                 keep_ties=config.ties == "symmetric")
     pairs = contrasting_pairs(dataset, cross_validation=config.alignment == "cross_validation")
     examples = PairExamples(dataset, pairs, config.resolution, center_crop=config.center_crop, seed=config.seed)
-    if config.cache_latents:  # both images of every pair encoded once: latent_dist.mode(), unscaled
-        examples = CachedLatents(examples, vae, keys=("images",), progress=config.progress and trainer.is_main_process)
+    if config.cache_latents:  # both images of every pair encoded once: the mode (or the distribution), unscaled
+        examples = CachedLatents(examples, vae, keys=("images",), progress=config.progress and trainer.is_main_process,
+                                 distribution=config.cache_latent_distribution)
     trainer.checkpoint_modules({"unet": "unet"} if config.full else {}, lora=None if config.full else "unet")
     sampler = ShapeBatchSampler([(config.resolution, config.resolution)] * len(examples), config.train_batch_size,
                                 seed=config.seed)
@@ -206,14 +207,14 @@ def main(argv: list[str] | DiffusionDPOConfig | None = None, keep_pipeline: bool
         text_cache = PromptEmbeddingCache(dataset["prompt"], lambda prompts: encode(tokenize(tokenizers, prompts), device))
 
     def compute_loss(batch, generator):
-        if "images_latents" in batch:  # cached: the VAE's mode
-            latents = batch["images_latents"].to(device) * scaling
+        if "images_latents" in batch:  # cached: the VAE's mode, or a draw from the cached distribution
+            cached = batch["images_latents"].to(device)
+            latents = cached_latents(cached.flatten(0, 1), generator, distribution=config.cache_latent_distribution)
         else:
-            images = batch["images"].to(device, vae.dtype)
             with torch.no_grad():
-                latents = vae.encode(images.flatten(0, 1)).latent_dist.sample(generator) * scaling
-            latents = latents.unflatten(0, (images.shape[0], 2))
-        bsz = latents.shape[0]
+                latents = vae.encode(batch["images"].to(device, vae.dtype).flatten(0, 1)).latent_dist.sample(generator)
+        bsz = len(batch["index"])
+        latents = latents.unflatten(0, (bsz, 2)) * scaling
         hidden, pooled = text_cache(batch["prompts"]) if text_cache is not None else encode(batch["input_ids"], device)
         noise = noise_like(latents, generator)
         timesteps = sample_timesteps(noise_scheduler, bsz, generator, device)  # one per pair: both images share it

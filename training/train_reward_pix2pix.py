@@ -121,7 +121,7 @@ def main(argv: list[str] | RewardPix2PixConfig | None = None, keep_pipeline: boo
     from editforge.training import output
     from editforge.training.components import inference_scheduler, load_components
     from editforge.training.data import EditExamples, example_shapes, load_edit_dataset
-    from editforge.training.latents import CachedLatents
+    from editforge.training.latents import CachedLatents, cached_latents
     from editforge.training.lora import add_lora
     from editforge.training.objectives import diffusion_loss, ip2p_conditioning_dropout, noise_like, sample_timesteps, target_for
     from editforge.training.samplers import ShapeBatchSampler
@@ -160,7 +160,8 @@ def main(argv: list[str] | RewardPix2PixConfig | None = None, keep_pipeline: boo
     shapes = example_shapes(dataset, config.resolution, config.aspect_ratio_buckets)
     examples = EditExamples(dataset, shapes, center_crop=config.center_crop, seed=config.seed)
     if config.cache_latents:
-        examples = CachedLatents(examples, vae, progress=config.progress and trainer.is_main_process)
+        examples = CachedLatents(examples, vae, progress=config.progress and trainer.is_main_process,
+                                 distribution=config.cache_latent_distribution)
 
     saved = {"unet": "unet"} if config.full else {}
     saved.update({"text_encoder": "text_encoder"} if config.train_text_encoder else {})
@@ -173,8 +174,10 @@ def main(argv: list[str] | RewardPix2PixConfig | None = None, keep_pipeline: boo
 
     def compute_loss(batch, generator):
         with torch.no_grad():
-            if "edited_latents" in batch:
-                latents, image_latents = batch["edited_latents"] * scaling, batch["source_latents"]
+            if "edited_latents" in batch:  # the edit drawn (or its mode), the source's mode, as below
+                distribution = config.cache_latent_distribution
+                latents = cached_latents(batch["edited_latents"].to(device), generator, distribution=distribution) * scaling
+                image_latents = cached_latents(batch["source_latents"].to(device), distribution=distribution, sample=False)
             else:
                 latents = vae.encode(batch["edited"].to(device, vae.dtype)).latent_dist.sample(generator) * scaling
                 image_latents = vae.encode(batch["source"].to(device, vae.dtype)).latent_dist.mode()

@@ -177,7 +177,7 @@ def main(argv: list[str] | SD3Pix2PixConfig | None = None, keep_pipeline: bool =
     from editforge.pipelines import StableDiffusion3InstructPix2PixPipeline, widen_patch_embedding
     from editforge.training import output
     from editforge.training.data import EditExamples, example_shapes, load_edit_dataset
-    from editforge.training.latents import CachedLatents
+    from editforge.training.latents import CachedLatents, cached_latents
     from editforge.training.lora import add_lora
     from editforge.training.objectives import flow_matching_batch, ip2p_conditioning_dropout, weighted_mse
     from editforge.training.samplers import ShapeBatchSampler
@@ -215,9 +215,10 @@ def main(argv: list[str] | SD3Pix2PixConfig | None = None, keep_pipeline: bool =
     shapes = example_shapes(dataset, config.resolution, config.aspect_ratio_buckets)
     examples = EditExamples(dataset, shapes, center_crop=config.center_crop, seed=config.seed, with_mask=config.with_mask)
     conditions = ("source", "mask") if config.with_mask else ("source",)
-    if config.cache_latents:  # the VAE's latent_dist.mode(), unscaled; normalised below as the pipeline does
+    if config.cache_latents:  # the VAE's mode (or distribution), unscaled; normalised below as the pipeline does
         examples = CachedLatents(examples, pipe.vae, keys=("edited", *conditions),
-                                 progress=config.progress and trainer.is_main_process)
+                                 progress=config.progress and trainer.is_main_process,
+                                 distribution=config.cache_latent_distribution)
     if config.full:
         trainer.checkpoint_modules({"transformer": "transformer", **{name: name for name in model.text_encoder_names}})
     else:
@@ -236,9 +237,12 @@ def main(argv: list[str] | SD3Pix2PixConfig | None = None, keep_pipeline: bool =
 
     def compute_loss(batch, generator):
         with torch.no_grad():
-            if "edited_latents" in batch:  # cached: encode_condition_image's normalisation of the cached mode()
-                latents = (batch["edited_latents"].to(device) - shift) * scale
-                condition = [batch[f"{k}_latents"].to(device) for k in conditions]
+            if "edited_latents" in batch:  # cached: the edit drawn (or its mode); the conditions' mode, normalised
+                distribution = config.cache_latent_distribution  # as encode_condition_image does
+                edited = cached_latents(batch["edited_latents"].to(device), generator, distribution=distribution)
+                latents = (edited - shift) * scale
+                condition = [cached_latents(batch[f"{k}_latents"].to(device), distribution=distribution, sample=False)
+                             for k in conditions]
                 condition = [(c - shift) * scale if scaled else c for c in condition]
             else:
                 edited = vae.encode(batch["edited"].to(device, vae.dtype)).latent_dist.sample(generator)

@@ -196,7 +196,7 @@ def main(argv: list[str] | TextToImageConfig | None = None, keep_pipeline: bool 
 
     from editforge.training import output
     from editforge.training.components import inference_scheduler, load_components
-    from editforge.training.latents import CachedLatents
+    from editforge.training.latents import CachedLatents, cached_latents
     from editforge.training.lora import add_lora
     from editforge.training.objectives import diffusion_loss, noise_like, sample_timesteps, target_for
     from editforge.training.samplers import ShapeBatchSampler
@@ -228,8 +228,9 @@ def main(argv: list[str] | TextToImageConfig | None = None, keep_pipeline: bool 
         trainer.accelerator.print(f"{left_out} of {left_out + len(entries)} images left out: caption null or blank")
     captions = ImageCaptions(dataset, entries)
     examples = CaptionExamples(captions, config.resolution, config.center_crop, config.seed)
-    if config.cache_latents:  # every image encoded once: latent_dist.mode(), unscaled
-        examples = CachedLatents(examples, vae, keys=("image",), progress=config.progress and trainer.is_main_process)
+    if config.cache_latents:  # every image encoded once: the mode (or the distribution), unscaled
+        examples = CachedLatents(examples, vae, keys=("image",), progress=config.progress and trainer.is_main_process,
+                                 distribution=config.cache_latent_distribution)
     saved = {"unet": "unet"} if config.full else {}
     saved.update({"text_encoder": "text_encoder"} if config.train_text_encoder else {})
     trainer.checkpoint_modules(saved, lora=None if config.full else "unet")
@@ -242,8 +243,9 @@ def main(argv: list[str] | TextToImageConfig | None = None, keep_pipeline: bool 
 
     def compute_loss(batch, generator):
         with torch.no_grad():
-            if "image_latents" in batch:  # cached: the VAE's mode
-                latents = batch["image_latents"].to(device) * scaling
+            if "image_latents" in batch:  # cached: the VAE's mode, or a draw from the cached distribution
+                latents = cached_latents(batch["image_latents"].to(device), generator,
+                                         distribution=config.cache_latent_distribution) * scaling
             else:
                 latents = vae.encode(batch["image"].to(device, vae.dtype)).latent_dist.sample(generator) * scaling
         noise = noise_like(latents, generator)
