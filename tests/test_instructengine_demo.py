@@ -140,3 +140,41 @@ def test_the_cli_runs_the_variant(monkeypatch):
     assert isinstance(config, InstructEngineConfig)
     assert (config.train_steps, config.pretrain_steps, config.progress, config.out) == (7, 9, False,
                                                                                        "demo_instructengine")
+
+
+def test_ideal_pair_images_are_the_prompts_renderings_through_the_vae(tmp_path, monkeypatch):
+    """--pair_images ideal: both images of every pair are their prompts' ideal renderings through the base
+    model's VAE (made elsewhere, outputs:PATH), judged by the same rule; each kept row's preferred image is
+    its own prompt's rendering. (An untrained VAE reconstructs nothing that would pass the rule, so the
+    round trip is recorded and replaced by the identity.)"""
+    import numpy as np
+    from datasets import load_dataset
+
+    from editforge.dataset_builders.synthetic.alignment import render_prompt
+    from editforge.demos import instructengine
+    from editforge.training.autoencoder import tiny_autoencoder
+
+    config = tiny(tmp_path, pair_images="ideal", axes="content")
+    tiny_autoencoder(block_out_channels=(8, 16), seed=0).save_pretrained(tmp_path / instructengine.BASE / "vae")
+    through = []
+    monkeypatch.setattr(instructengine, "through_vae",
+                        lambda vae, image: through.append(vae.config.block_out_channels) or np.asarray(image))
+    instructengine._make_prompts(config, tmp_path)
+    pairs = instructengine._make_pairs(config, tmp_path, tmp_path / "prompts")
+    assert through == [[8, 16]] * 82  # both images of the 41 pairs, through the base model's VAE
+    assert pairs["pairs"] == 41 and pairs["images_made"] == 82 and pairs["missing"] == 0
+    assert 0 < pairs["kept"] <= 41
+    rows = load_dataset(str(tmp_path / "pairs"), split="train")
+    assert len(rows) == 2 * pairs["kept"]
+    for row in rows:
+        preferred = row["image_0"] if row["label_0"] == 1.0 else row["image_1"]
+        expected = render_prompt(row["prompt"], config.size, config.size)
+        assert np.array_equal(np.asarray(preferred.convert("RGB")), np.asarray(expected))
+
+
+def test_unknown_pair_images_are_refused(tmp_path):
+    from editforge.errors import UsageError
+
+    with pytest.raises(UsageError, match="--pair_images must be one of model, ideal, got 'oracle'"):
+        run_instructengine_demo(tiny(tmp_path / "x", pair_images="oracle"))
+    assert not (tmp_path / "x").exists()

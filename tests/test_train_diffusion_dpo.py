@@ -147,6 +147,31 @@ def test_resume_gives_the_same_losses_and_the_lora_loads_with_load_lora_weights(
     assert "cross_validation" in card and "beta_dpo" in card and "diffusion-dpo" in card
 
 
+def test_lora_on_the_resnets_convolutions_too_loads_with_load_lora_weights(workspace, tmp_path):
+    """--lora_target_modules: the adapter also wraps every resnet's convolutions; the file holds them, and
+    load_lora_weights reproduces the trained model's images exactly."""
+    from diffusers import DiffusionPipeline
+    from safetensors.torch import load_file
+
+    from editforge.training.lora import LORA_WEIGHT_NAME
+    from editforge.training.train_diffusion_dpo import main
+
+    targets = "to_q,to_k,to_v,to_out.0,conv1,conv2"
+    trained = main(args(workspace, tmp_path / "a", "--lora_target_modules", targets, steps=2), keep_pipeline=True)
+    keys = load_file(tmp_path / "a" / LORA_WEIGHT_NAME)
+    assert any(".resnets.0.conv1.lora" in k for k in keys) and any(".attn1.to_q.lora" in k for k in keys)
+    loaded = DiffusionPipeline.from_pretrained(tmp_path / "a")
+    loaded.load_lora_weights(tmp_path / "a", weight_name=LORA_WEIGHT_NAME)
+    call = dict(prompt="a red square 0", height=32, width=32, num_inference_steps=2, output_type="np")
+    expected = trained["pipeline"](**call, generator=torch.Generator().manual_seed(0)).images
+    assert abs(loaded(**call, generator=torch.Generator().manual_seed(0)).images - expected).max() == 0.0
+    with pytest.raises(UsageError, match=r"--lora_target_modules: no module of the UNet2DConditionModel is named "
+                                         r"\['conv9'\]"):
+        main(args(workspace, tmp_path / "x", "--lora_target_modules", "to_q,conv9"))
+    with pytest.raises(UsageError, match="--lora_target_modules names no module: ' , '"):
+        main(args(workspace, tmp_path / "x", "--lora_target_modules", " , "))
+
+
 def test_bad_settings_are_refused_clearly(workspace, tmp_path):
     from editforge.training.train_diffusion_dpo import main
 

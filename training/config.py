@@ -75,6 +75,9 @@ class TrainingConfig:
     full: bool = help_field("train the whole denoiser instead of a LoRA adapter", default=False)
     rank: int = help_field("LoRA rank of the denoiser's adapter", default=4)
     lora_alpha: int | None = help_field("LoRA alpha (default: the rank)", default=None)
+    lora_target_modules: str | None = help_field(
+        "comma-separated names of the modules the LoRA adapter wraps (PEFT target_modules, e.g. "
+        "to_q,to_k,to_v,to_out.0,conv1,conv2; default: the denoiser's attention projections)", default=None)
     cache_latents: bool = help_field("encode every image once with the frozen VAE before training (its mode)", default=False)
     cache_latent_distribution: bool = help_field(
         "with --cache_latents: keep each latent's mean and variance and draw a latent every step, as encoding every "
@@ -115,12 +118,21 @@ class TrainingConfig:
             (self.report_to in TRACKERS, f"--report_to must be one of {', '.join(TRACKERS)}"),
             (self.checkpointing_steps >= 0, "--checkpointing_steps must be 0 or more"),
             (self.logging_steps >= 1, f"--logging_steps must be at least 1, got {self.logging_steps}"),
+            (self.lora_target_modules is None or bool(self.lora_targets),
+             f"--lora_target_modules names no module: {self.lora_target_modules!r}"),
             (self.cache_latents or not self.cache_latent_distribution,
              "--cache_latent_distribution needs --cache_latents"),
         ]
         for ok, message in checks:
             if not ok:
                 raise UsageError(message)
+
+    @property
+    def lora_targets(self) -> tuple[str, ...] | None:
+        """``--lora_target_modules`` as a tuple (None: the denoiser's default targets)."""
+        if self.lora_target_modules is None:
+            return None
+        return tuple(name.strip() for name in self.lora_target_modules.split(",") if name.strip())
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

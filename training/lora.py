@@ -92,10 +92,17 @@ def add_lora(denoiser, rank: int, alpha: float | None = None, targets=None, drop
     from peft import LoraConfig
 
     family = lora_family(denoiser)
+    targets = list(family.targets if targets is None else targets)
+    names = {name.rsplit(".", 1)[-1] for name, _ in denoiser.named_modules()} | {n for n, _ in denoiser.named_modules()}
+    unknown = [t for t in targets if t not in names and not any(n.endswith(f".{t}") for n in names)]
+    if unknown:
+        from editforge.errors import UsageError
+
+        raise UsageError(f"--lora_target_modules: no module of the {type(denoiser).__name__} is named {unknown}")
     denoiser.requires_grad_(False)
     denoiser.add_adapter(LoraConfig(
         r=rank, lora_alpha=alpha or rank, lora_dropout=dropout, init_lora_weights=init_lora_weights,
-        target_modules=list(family.targets if targets is None else targets),
+        target_modules=targets,
     ))
 
 
@@ -109,7 +116,11 @@ def lora_state_dict(denoiser) -> dict:
     if family.diffusers_keys:
         from diffusers.utils import convert_state_dict_to_diffusers
 
-        state = convert_state_dict_to_diffusers(state)
+        converted = convert_state_dict_to_diffusers(state)
+        # diffusers renames only the linear layers' keys; with convolutions targeted too (--lora_target_modules)
+        # the names would be mixed, which load_lora_weights misreads: such a file keeps PEFT's names throughout
+        if not any(".lora_A." in key or ".lora_B." in key for key in converted):
+            state = converted
     return state
 
 

@@ -186,7 +186,7 @@ def main(argv: list[str] | DiffusionDPOConfig | None = None, keep_pipeline: bool
         reference = copy.deepcopy(unet).requires_grad_(False).to(device)
         unet.requires_grad_(True)
     else:
-        add_lora(unet, config.rank, config.lora_alpha)
+        add_lora(unet, config.rank, config.lora_alpha, targets=config.lora_targets)
     model = DPOModel(unet, reference)
 
     dataset = load_pair_dataset(config.dataset_name, config.dataset_config_name, config.dataset_split,

@@ -142,7 +142,7 @@ def main(argv: list[str] | RewardPix2PixConfig | None = None, keep_pipeline: boo
     prediction_type = noise_scheduler.config.prediction_type
     vae.requires_grad_(False).to(device)
     text_encoder.requires_grad_(config.train_text_encoder)
-    unet.requires_grad_(True) if config.full else add_lora(unet, config.rank, config.lora_alpha)
+    unet.requires_grad_(True) if config.full else add_lora(unet, config.rank, config.lora_alpha, targets=config.lora_targets)
     conditioner = None
     if with_rewards:
         torch.manual_seed(config.seed)

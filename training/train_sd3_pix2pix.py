@@ -196,7 +196,7 @@ def main(argv: list[str] | SD3Pix2PixConfig | None = None, keep_pipeline: bool =
     if config.full:
         transformer.requires_grad_(True)
     else:
-        add_lora(transformer, config.rank, config.lora_alpha)
+        add_lora(transformer, config.rank, config.lora_alpha, targets=config.lora_targets)
         transformer.pos_embed.proj.requires_grad_(True)
 
     def encode_prompts(prompts):

@@ -216,7 +216,7 @@ def main(argv: list[str] | TextToImageConfig | None = None, keep_pipeline: bool 
     prediction_type = noise_scheduler.config.prediction_type
     vae.requires_grad_(False).to(device)
     text_encoder.requires_grad_(config.train_text_encoder).to(device)
-    unet.requires_grad_(True) if config.full else add_lora(unet, config.rank, config.lora_alpha)
+    unet.requires_grad_(True) if config.full else add_lora(unet, config.rank, config.lora_alpha, targets=config.lora_targets)
     model = TextToImageModel(unet, text_encoder)
 
     dataset = load_captioned_dataset(config, config.dataset_split, config.max_train_samples)

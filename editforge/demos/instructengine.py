@@ -59,6 +59,7 @@ from editforge.training.config import help_field
 MODELS = ("single_pair", "cross_validation")  # the DPO runs, by --alignment
 BASE = "base"  # the pre-trained model, in the evaluation
 CEILING = "vae_ceiling"
+PAIR_IMAGES = ("model", "ideal")  # --pair_images
 LABELS = {BASE: "base (pre-trained, no DPO)", "single_pair": "Diffusion-DPO, single pair",
           "cross_validation": "Diffusion-DPO, cross-validation (InstructEngine)",
           CEILING: "ceiling: ideal renderings through the VAE"}
@@ -97,11 +98,17 @@ class InstructEngineConfig:
     learning_rate: float = help_field("Diffusion-DPO peak learning rate (cosine)", default=5e-4)
     beta_dpo: float = help_field("Diffusion-DPO beta (the paper's)", default=5000.0)
     rank: int = help_field("LoRA rank of the DPO adapters", default=8)
+    lora_target_modules: str = help_field("modules the DPO adapters wrap (train_diffusion_dpo.py's "
+                                          "--lora_target_modules)", default="to_q,to_k,to_v,to_out.0")
     eval_items: int = help_field("held-out prompts (the synthetic-prompts suite)", default=100)
     eval_suite_seed: int = help_field("seed of the held-out prompts (not the pre-training or writer seed)",
                                       default=2000)
     eval_styled: float = help_field("share of held-out prompts with a style", default=0.25)
     eval_seeds: str = help_field("sampling seeds of the evaluation, comma-separated", default="0,1")
+    pair_images: str = help_field(
+        "who draws the pairs' images: 'model' (the pre-trained model, InstructEngine's way) or 'ideal' (each "
+        "prompt's ideal rendering through the VAE: a diagnostic of DPO on pairs the base model cannot make)",
+        default="model")
     inference_steps: int = help_field("denoising steps per image (pairs and evaluation)", default=15)
     guidance_scale: float = help_field("text guidance (1: none; above 1 needs --caption_dropout)",
                                        default=3.0)
@@ -126,8 +133,8 @@ _BASE_KEYS = _VAE_KEYS + ("unet_channels", "text_width", "text_layers")
 _PRETRAIN_KEYS = _BASE_KEYS + ("train_text_encoder", "pretrain_steps", "pretrain_batch_size", "pretrain_learning_rate",
                                "caption_dropout")
 _PROMPT_KEYS = ("seed", "per_subtopic", "axes")
-_PAIR_KEYS = _PRETRAIN_KEYS + _PROMPT_KEYS + ("inference_steps", "guidance_scale")
-_TRAIN_KEYS = _PAIR_KEYS + ("train_steps", "batch_size", "learning_rate", "beta_dpo", "rank")
+_PAIR_KEYS = _PRETRAIN_KEYS + _PROMPT_KEYS + ("inference_steps", "guidance_scale", "pair_images")
+_TRAIN_KEYS = _PAIR_KEYS + ("train_steps", "batch_size", "learning_rate", "beta_dpo", "rank", "lora_target_modules")
 _EVAL_KEYS = _TRAIN_KEYS + ("eval_items", "eval_suite_seed", "eval_styled", "eval_seeds")
 
 
@@ -233,6 +240,8 @@ def _check(config: InstructEngineConfig) -> None:
     unknown = [a for a in config.axis_list if a not in CONTRAST_AXES]
     if unknown or not config.axis_list:
         raise UsageError(f"--axes: unknown {unknown} (the contrast axes: {', '.join(CONTRAST_AXES)})")
+    if config.pair_images not in PAIR_IMAGES:
+        raise UsageError(f"--pair_images must be one of {', '.join(PAIR_IMAGES)}, got {config.pair_images!r}")
     if config.size < 32:
         raise UsageError(f"--size must be 32 or more (the alignment oracle reads images of 32 px and up), got "
                          f"{config.size}")
@@ -384,9 +393,12 @@ def _make_pairs(config: InstructEngineConfig, out: Path, prompts_dir: Path) -> d
     folder = out / "pairs"
     if folder.exists():
         shutil.rmtree(folder)  # made by another model or with other prompts
-    spec = ModelSpec(BASE, str(out / BASE), _call_args(config))
-    images = PipelineImages(spec, seed=config.seed, size=(config.size, config.size),
-                            batch_size=config.generation_batch_size, progress=config.progress)
+    if config.pair_images == "ideal":  # made elsewhere (outputs:PATH): every prompt drawn as asked, through the VAE
+        spec, size = ModelSpec("ideal", f"outputs:{_ideal_pair_images(config, out, prompts_dir)}"), None
+    else:
+        spec, size = ModelSpec(BASE, str(out / BASE), _call_args(config)), (config.size, config.size)
+    images = PipelineImages(spec, seed=config.seed, size=size, batch_size=config.generation_batch_size,
+                            progress=config.progress)
     report = generate_pairs(prompts_dir, folder, images, ThreadJudge(judge="oracle"), progress=config.progress)
     judged = json.loads((folder / REPORT_NAME).read_text())["pairs_judged"]
     axis = {p.pair_id: p.contrast for p in read_prompt_pairs(prompts_dir)}
@@ -405,6 +417,27 @@ def _make_pairs(config: InstructEngineConfig, out: Path, prompts_dir: Path) -> d
             "seconds": report.elapsed}
 
 
+def _ideal_pair_images(config: InstructEngineConfig, out: Path, prompts_dir: Path) -> Path:
+    """Both images of every prompt pair as each prompt's ideal rendering (``render_prompt``) through the
+    base model's VAE (``--pair_images ideal``), written once."""
+    from diffusers import AutoencoderKL
+
+    from editforge.dataset_builders.annotation.sources import file_stem
+    from editforge.dataset_builders.prompts.pairs import SIDES, read_prompt_pairs
+    from editforge.dataset_builders.synthetic.alignment import render_prompt
+
+    folder = out / "pair_images_ideal"
+    if folder.exists():
+        shutil.rmtree(folder)  # other prompts or another VAE
+    folder.mkdir(parents=True)
+    vae = AutoencoderKL.from_pretrained(out / BASE / "vae").eval()
+    for pair in read_prompt_pairs(prompts_dir):
+        for side in SIDES:
+            image = render_prompt(pair.prompt(side), config.size, config.size)
+            write_image(folder / f"{file_stem(pair.image_id(side))}.png", through_vae(vae, image))
+    return folder
+
+
 def _call_args(config: InstructEngineConfig) -> dict:
     return {"num_inference_steps": config.inference_steps, "guidance_scale": config.guidance_scale}
 
@@ -417,7 +450,8 @@ def _dpo_arguments(config: InstructEngineConfig, out: Path, pretrained: Path, pa
     return _common_arguments(pretrained, pairs_dir, out / name, config.size, min(config.batch_size, kept),
                              config.train_steps,
                              config.learning_rate, config.seed) + [
-        "--no-full", "--rank", str(config.rank), "--beta_dpo", str(config.beta_dpo), "--alignment", name]
+        "--no-full", "--rank", str(config.rank), "--lora_target_modules", config.lora_target_modules,
+        "--beta_dpo", str(config.beta_dpo), "--alignment", name]
 
 
 def _dpo_logs(folder: Path) -> dict:
@@ -571,6 +605,10 @@ def _paired(rows: list[dict], a: str, b: str, groups) -> dict:
 
 def _write_report(config: InstructEngineConfig, out: Path, results: dict, evaluation) -> None:
     scores, paired, pairs, prompts = results["scores"], results["paired"], results["pairs"], results["prompts"]
+    drawer, seeded, owner = "The pre-trained model", ", seeded per image", "The pre-trained model's image"
+    if config.pair_images == "ideal":
+        drawer, seeded, owner = ("`--pair_images ideal` (each prompt's ideal rendering through the VAE, not the "
+                                 "model)", "", "The ideal rendering")
     training, pretraining, base = results["training"], results["pretraining"], results["base_model"]
 
     def number(value, digits=2):
@@ -666,11 +704,11 @@ Per number of shapes asked (mean alignment / fully aligned):
 {prompts['pairs']} prompt pairs from {prompts['base_prompts']} base prompts ({prompts['subtopics']} subtopics of the
 synthetic taxonomy, {config.per_subtopic} each; {prompts['near_duplicates']} near-duplicates removed,
 {prompts['not_contrasting']} variants without a contrast, {prompts['missing_subtopics']} subtopics missing), written by
-{prompts['model']}. The pre-trained model drew {pairs['images_made']} images (both of every pair, seeded per image); the
+{prompts['model']}. {drawer} drew {pairs['images_made']} images (both of every pair{seeded}); the
 oracle gave {pairs['answers']} answers ({pairs['missing_answers']} missing). InstructEngine's rule (each image scores
 higher under its own prompt than under the other) kept **{pairs['kept']}** of {pairs['pairs']} pairs; dropped
 {sum(dropped.values())} (the base image failed {dropped['base']}, the contrast image {dropped['contrast']}, both
-{dropped['both']}); missing an answer {pairs['missing']}. The pre-trained model's image was fully aligned with its own
+{dropped['both']}); missing an answer {pairs['missing']}. {owner} was fully aligned with its own
 prompt for {percent(pairs['own_prompt_fully_aligned']['base_aligned'])}% of the base prompts and
 {percent(pairs['own_prompt_fully_aligned']['contrast_aligned'])}% of the contrast prompts.
 
