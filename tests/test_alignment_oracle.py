@@ -176,6 +176,28 @@ def test_each_mismatch_lowers_the_score_and_is_named(name, scene, style, score, 
     assert judged(PROMPT, styled(scene, style, 48, 32)) == (score, "; ".join(phrases)), name
 
 
+@pytest.mark.parametrize("scene, style, named", [
+    (PROMPT_SCENE.with_shape(replace(RED, colour="green")), None, {"colour": 1}),
+    (PROMPT_SCENE.with_shape(replace(RED, kind="triangle")), None, {"kind": 1}),
+    (PROMPT_SCENE.with_shape(replace(RED, kind="triangle", colour="orange")), None, {"shape": 1}),
+    (Scene("white", (replace(BLUE, slot=0), replace(RED, slot=3))), None, {"place": 2}),
+    (PROMPT_SCENE.without_slot(3), None, {"missing": 1, "count": 1}),
+    (PROMPT_SCENE.with_shape(Shape("triangle", "green", 2)), None, {"extra": 1, "count": 1}),
+    (Scene("gray"), "pastel", {"missing": 2, "count": 1, "background": 1, "style": 1}),
+    (PROMPT_SCENE, "night", {"style": 1}),
+    (PROMPT_SCENE, None, {}),
+])
+def test_mismatch_kinds_count_what_the_feedback_names(scene, style, named):
+    from editforge.dataset_builders.synthetic.alignment import MISMATCH_KINDS, mismatch_kinds
+
+    feedback = judged(PROMPT, styled(scene, style, 48, 32))[1]
+    assert mismatch_kinds(feedback) == {kind: named.get(kind, 0) for kind in MISMATCH_KINDS}
+    assert mismatch_kinds("the image is not at night; the image is in faded pastel colours, not at night") == {
+        **dict.fromkeys(MISMATCH_KINDS, 0), "style": 2}
+    with pytest.raises(ValueError, match="not a phrase of the alignment oracle: 'a cat'"):
+        mismatch_kinds("the background is gray, not white; a cat")
+
+
 @pytest.mark.parametrize("wanted, shown, phrase", [
     ("night", None, "the image is not at night"),
     ("night", "pastel", "the image is in faded pastel colours, not at night"),

@@ -99,6 +99,14 @@ def test_instructengine_demo_runs_end_to_end_and_resumes(tmp_path, capsys, half_
         assert set(scores["mean_alignment"]["per_seed"]) == {"0", "1"}
         assert set(scores["per_group"]) <= {"1 shape", "2 shapes", "3 shapes", "4 shapes"}
     assert results["paired"]["cross_validation-single_pair"]["all"]["rows"] == 12
+    # what the oracle names, by kind: every phrase of every model's feedback counted once
+    from editforge.vocabulary import NO_FAILURE
+
+    for model, kinds in results["mismatches"].items():
+        phrases = sum(len(r["answer"]["alignment"]["feedback"].split("; ")) for r in lines
+                      if r["model"] == model and r["answer"]["alignment"]["feedback"] != NO_FAILURE)
+        assert sum(kinds.values()) == phrases, model
+    assert "| model | colour | kind | shape | place | missing | extra | count | background | style |" in report
     # the held-out prompts are the synthetic-prompts suite's, with their own seed
     assert results["held_out_overlap"]["prompts"] == 6
     capsys.readouterr()

@@ -227,6 +227,35 @@ def _style_phrase(wanted: str | None, shown: str | None) -> str:
     return f"the image is {STYLES[shown].caption_suffix}, not {STYLES[wanted].caption_suffix}"
 
 
+# The kinds of mismatch judge_alignment's feedback names, one per phrase template above, and how each reads.
+MISMATCH_KINDS = ("colour", "kind", "shape", "place", "missing", "extra", "count", "background", "style")
+_MISMATCH_PATTERNS = (
+    ("style", re.compile(r"^the image is (not )?.+(but the prompt asks for no style|, not .+)?$")),
+    ("background", re.compile(r"^the background is \w+, not \w+$")),
+    ("kind", re.compile(r"^the \w+ shape at the .+ is an? \w+, not an? \w+$")),
+    ("colour", re.compile(r"^the \w+ at the .+ is \w+, not \w+$")),
+    ("place", re.compile(r"^the .+ is at the .+, not the .+$")),
+    ("shape", re.compile(r"^an? .+ at the .+ instead of the .+$")),
+    ("missing", re.compile(r"^missing the .+ at the .+$")),
+    ("extra", re.compile(r"^an extra .+ at the .+$")),
+    ("count", re.compile(r"^(no shapes|\w+ shapes?), not \w+$")),
+)
+
+
+def mismatch_kinds(feedback: str) -> dict[str, int]:
+    """How many mismatches of each of ``MISMATCH_KINDS`` a ``judge_alignment`` feedback names (all zero
+    for ``NO_FAILURE``). ValueError for a phrase that is none of the oracle's."""
+    counts = dict.fromkeys(MISMATCH_KINDS, 0)
+    if feedback == NO_FAILURE:
+        return counts
+    for phrase in feedback.split("; "):
+        kind = next((k for k, pattern in _MISMATCH_PATTERNS if pattern.match(phrase)), None)
+        if kind is None:
+            raise ValueError(f"not a phrase of the alignment oracle: {phrase!r}")
+        counts[kind] += 1
+    return counts
+
+
 def alignment_score(elements: int, mismatched: int, count_only: bool = False) -> int:
     """The score of an image with ``mismatched`` of a prompt's ``elements`` wrong (see the module
     docstring); ``count_only``: the one mismatch is the number of shapes (extra shapes)."""

@@ -93,10 +93,11 @@ class InstructEngineConfig:
     per_subtopic: int = help_field("base prompts per subtopic of the synthetic taxonomy (41 subtopics)", default=8)
     axes: str = help_field("contrast axes, comma-separated (content, counterfactual, aesthetics)",
                            default="content,counterfactual,aesthetics")
-    train_steps: int = help_field("Diffusion-DPO steps of each run", default=200)
+    train_steps: int = help_field("Diffusion-DPO steps of each run", default=300)
     batch_size: int = help_field("Diffusion-DPO batch size (pairs)", default=8)
-    learning_rate: float = help_field("Diffusion-DPO peak learning rate (cosine)", default=5e-4)
-    beta_dpo: float = help_field("Diffusion-DPO beta (the paper's)", default=5000.0)
+    learning_rate: float = help_field("Diffusion-DPO peak learning rate (cosine)", default=2e-3)
+    beta_dpo: float = help_field("Diffusion-DPO beta (the paper's; lower: the model may move further from the "
+                                 "base)", default=250.0)
     rank: int = help_field("LoRA rank of the DPO adapters", default=8)
     lora_target_modules: str = help_field("modules the DPO adapters wrap (train_diffusion_dpo.py's "
                                           "--lora_target_modules)", default="to_q,to_k,to_v,to_out.0")
@@ -222,6 +223,7 @@ def run_instructengine_demo(config: InstructEngineConfig) -> dict:
         "training": training,
         "scores": _scores(evaluation),
         "paired": {f"{a}-{b}": _paired(rows, a, b, evaluation.groups) for a, b in COMPARISONS},
+        "mismatches": _mismatches(rows),
         "held_out_overlap": _overlap(config, Path(dataset["folder"]), Path(pairs["folder"])),
         "evaluation_folder": str(out / EVAL_FOLDER),
     }
@@ -565,6 +567,20 @@ def _scores(evaluation) -> dict:
     return scores
 
 
+def _mismatches(rows: list[dict]) -> dict[str, dict[str, int]]:
+    """Per model, the mismatches the oracle's feedback names over all its judged images, by kind (a shape's
+    colour or kind, another shape, a place, a missing or extra shape, the count, the background, the style)."""
+    from editforge.dataset_builders.synthetic.alignment import MISMATCH_KINDS, mismatch_kinds
+    from editforge.vocabulary import ALIGNMENT
+
+    totals = {m: dict.fromkeys(MISMATCH_KINDS, 0) for m in (BASE, *MODELS, CEILING)}
+    for row in rows:
+        if row["model"] in totals and row.get("answer") is not None:
+            for kind, n in mismatch_kinds(row["answer"][ALIGNMENT]["feedback"]).items():
+                totals[row["model"]][kind] += n
+    return totals
+
+
 def _paired(rows: list[dict], a: str, b: str, groups) -> dict:
     """Model ``a`` minus model ``b`` on the same (prompt, seed) images, with a paired bootstrap over prompts
     (every seed of a prompt resampled together): mean alignment and share fully aligned; overall and per group."""
@@ -644,6 +660,10 @@ def _write_report(config: InstructEngineConfig, out: Path, results: dict, evalua
             f"{percent(scores[m]['per_group'][g]['alignment_accuracy'])}%" for m in (BASE, *MODELS, CEILING))
         + f" | {diff(paired['cross_validation-single_pair']['per_group'][g], 'mean_alignment')} |"
         for g in groups)
+    mismatches = results["mismatches"]
+    kinds = list(next(iter(mismatches.values())))
+    mismatch_rows = "\n".join(f"| {LABELS[m].split(' (')[0]} | " + " | ".join(str(mismatches[m][k]) for k in kinds) + " |"
+                               for m in mismatches)
     paired_rows = "\n".join(
         f"| {LABELS[key.split('-')[0]]} minus {LABELS[key.split('-')[1]].split(' (')[0]} | "
         f"{diff(p['all'], 'mean_alignment')} | {diff(p['all'], 'alignment_accuracy', 100, 1)} points |"
@@ -698,6 +718,13 @@ Per number of shapes asked (mean alignment / fully aligned):
 | group | rows | base | single pair | cross-validation | VAE ceiling | cross-validation minus single pair [95%] |
 |---|---|---|---|---|---|---|
 {group_rows}
+
+What the oracle names on the held-out images (mismatches over all {scores[BASE]['rows']} images of each model, by
+kind; DPO that drifts off the base model's images shows as colours, backgrounds and styles no prompt asked for):
+
+| model | {' | '.join(kinds)} |
+|{'---|' * (len(kinds) + 1)}
+{mismatch_rows}
 
 ## The pairs
 
