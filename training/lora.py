@@ -93,8 +93,8 @@ def add_lora(denoiser, rank: int, alpha: float | None = None, targets=None, drop
 
     family = lora_family(denoiser)
     targets = list(family.targets if targets is None else targets)
-    names = {name.rsplit(".", 1)[-1] for name, _ in denoiser.named_modules()} | {n for n, _ in denoiser.named_modules()}
-    unknown = [t for t in targets if t not in names and not any(n.endswith(f".{t}") for n in names)]
+    names = [name for name, _ in denoiser.named_modules()]  # PEFT's match: the whole name or its last parts
+    unknown = [t for t in targets if not any(n == t or n.endswith(f".{t}") for n in names)]
     if unknown:
         from editforge.errors import UsageError
 
